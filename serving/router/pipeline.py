@@ -1,0 +1,179 @@
+"""The router's request path as a sequence of small steps.
+
+Each step does one job (authenticate, validate, resolve the model, and later
+policy and quota) and either enriches the RequestContext or refuses the
+request with an APIError. Finishers run after every request, whatever the
+outcome, for accounting (access log now; usage ledger and audit record
+later). A step can be tested alone and steps can be reordered or added
+without touching the others, which is how tenancy, quotas and audit slot in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from serving.config import ModelRoute, ServingConfig
+from serving.keys import Principal
+from serving.router.asgi import Scope, header
+from serving.router.errors import APIError
+from serving.router.schema import ChatCompletionRequest, CompletionRequest, validate
+
+log = logging.getLogger("govllm.access")
+
+
+@dataclass
+class RequestContext:
+    """Everything known about one request as it moves through the router."""
+
+    request_id: str
+    operation: str  # "chat" | "completions" | "models"
+    scope: Scope
+    started_at: float = field(default_factory=time.perf_counter)
+    wall_time: float = field(default_factory=time.time)
+    principal: Principal | None = None
+    raw_body: bytes = b""
+    payload: dict[str, Any] | None = None
+    requested_model: str | None = None
+    candidates: tuple[ModelRoute, ...] = ()
+    model: ModelRoute | None = None
+    stream: bool = False
+    client_wants_usage: bool = False
+    status: int | None = None
+    error_code: str | None = None
+    usage: dict[str, int] | None = None
+    first_byte_at: float | None = None
+    upstream: str | None = None
+
+    @property
+    def client(self) -> str | None:
+        client = self.scope.get("client")
+        return f"{client[0]}:{client[1]}" if client else None
+
+
+class Step(Protocol):
+    """One check or enrichment on the way in; raises APIError to refuse."""
+
+    async def __call__(self, ctx: RequestContext) -> None: ...
+
+
+class Finisher(Protocol):
+    """Runs once per request after the response; must never raise."""
+
+    async def __call__(self, ctx: RequestContext) -> None: ...
+
+
+class Authenticate:
+    """Bearer API key -> Principal (tenant, user)."""
+
+    def __init__(self, key_store: Any, *, enabled: bool = True):
+        self._store = key_store
+        self._enabled = enabled
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        if not self._enabled:
+            return
+        raw = header(ctx.scope, b"authorization")
+        if raw is None:
+            raise APIError(
+                401,
+                "You didn't provide an API key. Send it in the Authorization header: "
+                "'Authorization: Bearer <key>'.",
+                code="missing_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        scheme, _, token = raw.decode("latin-1").partition(" ")
+        principal = (
+            self._store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        )
+        if principal is None:
+            raise APIError(
+                401,
+                "Incorrect API key provided. Check the key, or ask your administrator for a new one.",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        ctx.principal = principal
+
+
+_SCHEMAS = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+
+
+class ParseRequest:
+    """Body -> JSON object -> schema check; records what later steps need."""
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        if not ctx.raw_body:
+            raise APIError(400, "Request body is empty; send a JSON object.", code="invalid_request_body")
+        try:
+            payload = json.loads(ctx.raw_body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise APIError(
+                400,
+                f"Request body is not valid JSON: {exc}.",
+                code="invalid_json",
+            ) from None
+        request = validate(_SCHEMAS[ctx.operation], payload)
+        ctx.payload = payload
+        ctx.requested_model = request.model
+        ctx.stream = request.stream
+        ctx.client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
+
+
+class ResolveModel:
+    """Model id or alias -> candidate models, in fallback order."""
+
+    def __init__(self, config: ServingConfig):
+        self._models = {m.id: m for m in config.models}
+        self._aliases = {
+            alias: tuple(self._models[t] for t in targets) for alias, targets in config.aliases.items()
+        }
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        name = ctx.requested_model or ""
+        if name in self._models:
+            ctx.candidates = (self._models[name],)
+        elif name in self._aliases:
+            ctx.candidates = self._aliases[name]
+        else:
+            raise APIError(
+                404,
+                f"The model '{name}' does not exist. Available models: "
+                f"{', '.join(sorted(self._models))}; aliases: {', '.join(sorted(self._aliases)) or 'none'}.",
+                code="model_not_found",
+                param="model",
+            )
+
+
+class AccessLog:
+    """One structured line per request: who, what, outcome, timings."""
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        try:
+            now = time.perf_counter()
+            log.info(
+                json.dumps(
+                    {
+                        "request_id": ctx.request_id,
+                        "tenant": ctx.principal.tenant if ctx.principal else None,
+                        "user": ctx.principal.user if ctx.principal else None,
+                        "operation": ctx.operation,
+                        "model": ctx.model.id if ctx.model else ctx.requested_model,
+                        "stream": ctx.stream,
+                        "status": ctx.status,
+                        "error_code": ctx.error_code,
+                        "usage": ctx.usage,
+                        "ttfb_ms": round(1000 * (ctx.first_byte_at - ctx.started_at), 2)
+                        if ctx.first_byte_at
+                        else None,
+                        "duration_ms": round(1000 * (now - ctx.started_at), 2),
+                        "client": ctx.client,
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        except Exception:  # logging must never fail a request
+            pass
