@@ -65,6 +65,12 @@ def wait_ready(url: str, timeout_s: float) -> dict:
 
 
 def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) -> int:
+    if spec.ray.address is None and _port_in_use(spec.router.host, spec.router.port):
+        console.print(
+            f"[red]port {spec.router.port} on {spec.router.host} is already in use[/]: stop the other "
+            "server (another `govllm serve`?) or pick a port with --port"
+        )
+        return 1
     sdir = state_dir(spec)
     run_dir = sdir / "run"
     runtime_env.apply(runtime_env.serve_environment(run_dir))
@@ -105,6 +111,8 @@ def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) 
                     "app": spec.name,
                     "api_url": url,
                     "ray_address": ray.get_runtime_context().gcs_address,
+                    "metrics_urls": _metrics_urls(ray),
+                    "ray_auth_mode": "token" if spec.ray.address is None else os.environ.get("RAY_AUTH_MODE"),
                 }
             )
         )
@@ -120,6 +128,27 @@ def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) 
         finally:
             ray.shutdown()
         console.print("[govllm] stopped.")
+
+
+def _metrics_urls(ray) -> list[str]:
+    """Prometheus endpoints of the Ray nodes (engine, Serve and router metrics)."""
+    return [
+        f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics"
+        for n in ray.nodes()
+        if n.get("Alive") and n.get("MetricsExportPort")
+    ]
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def _print_banner(spec: ClusterSpec, url: str, ready: dict, key_path: Path, created: bool) -> None:

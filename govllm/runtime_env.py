@@ -32,16 +32,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def haproxy_dir(run_dir: Path) -> Path:
+    """Short per-run directory for HAProxy's files.
+
+    HAProxy's admin socket path is limited to 97 bytes and Ray nests a 56-character
+    directory under the base we give it, so the base must stay short: /tmp/gvh-<hash>.
+    """
+    digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]
+    return Path(tempfile.gettempdir()) / f"gvh-{digest}"
+
+
 def serve_environment(run_dir: Path) -> dict[str, str]:
     """Variables for one local run; HAProxy files and side ports are private to the run.
 
     Several stacks can then run on one machine (a developer's `make serve` and the
     test suite's own stack) without fighting over /tmp/haproxy-serve or port 8404.
     """
-    # HAProxy's admin socket path is limited to 97 bytes and Ray nests a 56-character
-    # directory under the base we give it, so the base must stay short: /tmp/gvh-<hash>.
-    digest = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:8]
-    haproxy = Path(tempfile.gettempdir()) / f"gvh-{digest}"
+    haproxy = haproxy_dir(run_dir)
     haproxy.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = dict(SERVE_FLAGS)
     env.update(

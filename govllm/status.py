@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from cluster.serve_config import state_dir
 from cluster.spec import ClusterSpec
@@ -14,6 +15,10 @@ def collect(spec: ClusterSpec) -> dict:
     if not run_file.is_file():
         raise RuntimeError(f"no running govllm found ({run_file} is missing); start one with `govllm serve`")
     run = json.loads(run_file.read_text())
+    # A local cluster started by `govllm serve` uses Ray's token authentication; the
+    # token is in ~/.ray/auth_token and a client must be told to present it.
+    if run.get("ray_auth_mode"):
+        os.environ.setdefault("RAY_AUTH_MODE", run["ray_auth_mode"])
     import ray
     from ray import serve
 
@@ -27,6 +32,7 @@ def collect(spec: ClusterSpec) -> dict:
     return {
         "app": run["app"],
         "api_url": run["api_url"],
-        "status": str(app_status.status) if app_status else "NOT_RUNNING",
+        "status": getattr(app_status.status, "value", str(app_status.status)) if app_status else "NOT_RUNNING",
         "endpoints": endpoints,
+        "metrics_urls": run.get("metrics_urls", []),
     }

@@ -1,0 +1,172 @@
+"""Router building blocks that need no running server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+
+import pytest
+
+from serving.autoscaling import ONGOING_METRIC, data_plane_policy, desired_replicas
+from serving.config import ModelRoute, RouterSettings, ServingConfig
+from serving.router.asgi import read_body
+from serving.router.dispatch import Dispatcher
+from serving.router.endpoints import EndpointTable
+from serving.router.errors import APIError
+from serving.router.pipeline import ParseRequest, RequestContext, ResolveModel
+from serving.router.schema import ChatCompletionRequest, CompletionRequest, validate
+
+CONFIG = ServingConfig(
+    models=(ModelRoute(id="a", max_model_len=128), ModelRoute(id="b", max_model_len=128)),
+    aliases={"default": ("a", "b"), "bee": ("b",)},
+)
+
+
+def ctx(operation="chat", body=b""):
+    return RequestContext(request_id="r1", operation=operation, scope={"headers": []}, raw_body=body)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize(
+    "payload, param",
+    [
+        ({"model": "a"}, "messages"),
+        ({"model": "a", "messages": []}, "messages"),
+        ({"model": "a", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+        ({"model": "a", "messages": [{"content": "x"}]}, "messages.0.role"),
+        ({"model": "a", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
+        ({"model": "a", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, "max_tokens"),
+        ({"model": "a", "messages": [{"role": "user", "content": "x"}], "temperature": 7}, "temperature"),
+        ({"model": "a", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ],
+)
+def test_chat_schema_violations_are_400_naming_the_param(payload, param):
+    with pytest.raises(APIError) as exc:
+        validate(ChatCompletionRequest, payload)
+    assert exc.value.status == 400 and exc.value.param == param
+    assert param in exc.value.message
+
+
+def test_schema_keeps_unknown_fields_for_vllm():
+    req = validate(
+        ChatCompletionRequest,
+        {"model": "a", "messages": [{"role": "user", "content": "x"}], "min_tokens": 3, "ignore_eos": True},
+    )
+    assert req.model_extra == {"min_tokens": 3, "ignore_eos": True}
+    assert validate(CompletionRequest, {"model": "a", "prompt": [1, 2, 3]}).prompt == [1, 2, 3]
+
+
+@pytest.mark.parametrize("body, code", [(b"{", "invalid_json"), (b"[1]", "invalid_request_body"),
+                                        (b"", "invalid_request_body"), (b"\xff\xfe", "invalid_json")])
+def test_parse_rejects_non_objects(body, code):
+    with pytest.raises(APIError) as exc:
+        run(ParseRequest()(ctx(body=body)))
+    assert exc.value.status == 400 and exc.value.code == code
+
+
+def test_resolve_ids_aliases_and_unknown():
+    resolve = ResolveModel(CONFIG)
+    c = ctx()
+    c.requested_model = "default"
+    run(resolve(c))
+    assert [m.id for m in c.candidates] == ["a", "b"]
+    c.requested_model = "b"
+    run(resolve(c))
+    assert [m.id for m in c.candidates] == ["b"]
+    c.requested_model = "zzz"
+    with pytest.raises(APIError) as exc:
+        run(resolve(c))
+    assert exc.value.status == 404 and exc.value.code == "model_not_found" and "default" in exc.value.message
+
+
+def test_read_body_limits():
+    async def receiver(chunks):
+        it = iter(chunks)
+
+        async def receive():
+            return {"type": "http.request", **next(it)}
+
+        return receive
+
+    async def go(headers, chunks, limit):
+        return await read_body({"headers": headers}, await receiver(chunks), limit)
+
+    body = run(go([], [{"body": b"ab", "more_body": True}, {"body": b"cd"}], 10))
+    assert body == b"abcd"
+    with pytest.raises(APIError) as exc:
+        run(go([(b"content-length", b"11")], [{"body": b"x" * 11}], 10))
+    assert exc.value.status == 413 and "11 bytes" in exc.value.message
+    with pytest.raises(APIError) as exc:  # chunked upload cut off as it crosses the limit
+        run(go([], [{"body": b"x" * 6, "more_body": True}, {"body": b"x" * 6, "more_body": True}], 10))
+    assert exc.value.status == 413 and "at least 12" in exc.value.message
+
+
+def _events(*payloads):
+    return b"".join(b"data: " + (p if isinstance(p, bytes) else json.dumps(p).encode()) + b"\n\n" for p in payloads)
+
+
+def test_usage_event_recorded_and_stripped_unless_requested():
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    block = _events({"choices": [{"delta": {"content": "x"}}]}) + b'data: {"id":"1","choices":[],"usage":' + json.dumps(usage).encode() + b"}\n\n" + b"data: [DONE]\n\n"
+    d = Dispatcher(EndpointTable(), RouterSettings())
+    c = ctx()
+    c.client_wants_usage = False
+    out = d._take_usage(c, block)
+    assert c.usage == usage and b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
+    assert out.startswith(b'data: {"choices"')
+    c2 = ctx()
+    c2.client_wants_usage = True
+    assert d._take_usage(c2, block) == block and c2.usage == usage
+
+
+def test_body_rewritten_only_when_needed():
+    d = Dispatcher(EndpointTable(), RouterSettings())
+    c = ctx(body=b'{"model":"a","messages":[]}')
+    c.payload, c.requested_model = {"model": "a", "messages": []}, "a"
+    assert d._body_for(c, CONFIG.models[0]) is c.raw_body
+    c.requested_model = "default"
+    assert json.loads(d._body_for(c, CONFIG.models[0]))["model"] == "a"
+    c.requested_model, c.stream = "a", True
+    rewritten = json.loads(d._body_for(c, CONFIG.models[0]))
+    assert rewritten["stream_options"] == {"include_usage": True}
+
+
+def test_power_of_two_choices_prefers_less_loaded():
+    table = EndpointTable()
+    table.update({"a": [{"replica_id": f"r{i}", "url": f"http://h:{i}", "ongoing": 0} for i in range(4)]})
+    busy = table.by_model["a"][0]
+    busy.inflight = 100
+    picks = Counter(table.pick("a").replica_id for _ in range(2000))
+    assert picks["r0"] == 0 and all(picks[f"r{i}"] > 400 for i in (1, 2, 3))
+    table.mark_down(table.by_model["a"][1])
+    assert all(table.pick("a").replica_id != "r1" for _ in range(200))
+    assert table.replica_count("a") == 3 and table.pick("zzz") is None
+    # an update keeps in-flight counts of replicas that are still there
+    table.update({"a": [{"replica_id": "r0", "url": "http://h:0", "ongoing": 5}]})
+    assert table.by_model["a"][0].inflight == 100 and table.by_model["a"][0].load == 105
+
+
+def test_autoscaling_policy():
+    assert desired_replicas(0, 16) == 0
+    assert desired_replicas(16, 16) == 1
+    assert desired_replicas(17, 16) == 2
+    with pytest.raises(ValueError):
+        desired_replicas(1, 0)
+
+    class Cfg:
+        target_ongoing_requests = 8
+
+    class Ctx:
+        config = Cfg()
+        target_num_replicas = 3
+        current_num_replicas = 3
+        aggregated_metrics = {ONGOING_METRIC: {"r1": 10.0, "r2": 15.0}}
+
+    assert data_plane_policy(Ctx())[0] == 4
+    Ctx.aggregated_metrics = {}
+    assert data_plane_policy(Ctx())[0] == 3  # no signal: hold
