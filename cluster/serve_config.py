@@ -12,6 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cluster.cluster_plan import ModelPlan, plan_cluster, plan_model
+from cluster.plan_inputs import PlanDoesNotFit
 from cluster.spec import ClusterSpec, ModelSpec
 from serving.config import (
     APP_IMPORT_PATH,
@@ -43,8 +45,15 @@ def model_source(spec: ClusterSpec, model: ModelSpec, spec_dir: Path) -> str | d
     return {"bucket_uri": src.uri}
 
 
-def llm_config(spec: ClusterSpec, model: ModelSpec, spec_dir: Path) -> dict[str, Any]:
-    """The LLMConfig (as a dict) for one model."""
+def llm_config(
+    spec: ClusterSpec, model: ModelSpec, spec_dir: Path, *, model_plan: ModelPlan | None = None
+) -> dict[str, Any]:
+    """The LLMConfig (as a dict) for one model.
+
+    GPU deployments take their engine arguments, accelerator, placement group
+    and replica bounds from the sizing planner (`model_plan`, computed here
+    when not given); CPU deployments from the spec as written.
+    """
     engine_kwargs: dict[str, Any] = {}
     env_vars: dict[str, str] = {}
     extra: dict[str, Any] = {}
@@ -56,24 +65,46 @@ def llm_config(spec: ClusterSpec, model: ModelSpec, spec_dir: Path) -> dict[str,
     engine_kwargs.update(spec.engine.engine_kwargs)
     engine_kwargs.update(model.engine_kwargs)
     engine_kwargs["max_model_len"] = model.max_model_len
-    bounds = model.replicas
+    min_replicas, max_replicas = model.replicas.min, model.replicas.max
+    target = model.replicas.target_ongoing_requests
+    if spec.engine.device == "gpu":
+        planned = model_plan or plan_model(spec, model, spec_dir)
+        sizing = planned.sizing
+        if not sizing.fits:
+            raise PlanDoesNotFit(f"{model.id} does not fit: " + "; ".join(sizing.reasons))
+        engine_kwargs.update(sizing.engine_kwargs())
+        extra["accelerator_type"] = sizing.request.gpu.ray_accelerator_type
+        extra["placement_group_config"] = _gpu_placement(sizing.gpus_per_replica,
+                                                         sizing.pipeline_parallel_size,
+                                                         spec.engine.cpus_per_replica)
+        min_replicas, max_replicas = planned.bounds.min_replicas, planned.bounds.max_replicas
+        target = sizing.target_ongoing_requests
     return {
         "model_loading_config": {
             "model_id": model.id,
             "model_source": model_source(spec, model, spec_dir),
         },
         "engine_kwargs": engine_kwargs,
+        "log_engine_metrics": spec.engine.metrics_exporter == "ray",
         "runtime_env": {"env_vars": env_vars} if env_vars else None,
         "deployment_config": {
             "autoscaling_config": {
-                "min_replicas": bounds.min,
-                "initial_replicas": bounds.min,
-                "max_replicas": bounds.max,
-                "target_ongoing_requests": bounds.target_ongoing_requests,
+                "min_replicas": min_replicas,
+                "initial_replicas": min_replicas,
+                "max_replicas": max_replicas,
+                "target_ongoing_requests": target,
                 "policy": {"policy_function": AUTOSCALING_POLICY_IMPORT_PATH},
             },
         },
         **extra,
+    }
+
+
+def _gpu_placement(gpus: int, pipeline_stages: int, cpus: float) -> dict[str, Any]:
+    """One bundle per vLLM worker; one node unless the replica has pipeline stages."""
+    return {
+        "bundles": [{"GPU": 1, "CPU": cpus} for _ in range(gpus)],
+        "strategy": "STRICT_PACK" if pipeline_stages == 1 else "PACK",
     }
 
 
@@ -99,9 +130,17 @@ def serving_config(spec: ClusterSpec) -> ServingConfig:
 
 def app_args(spec: ClusterSpec, spec_dir: Path) -> dict[str, Any]:
     """Arguments of serving.app:build_app for this spec."""
+    plans: dict[str, ModelPlan] = {}
+    if spec.engine.device == "gpu":
+        cluster = plan_cluster(spec, spec_dir)
+        if not cluster.fits:
+            raise PlanDoesNotFit("the cluster plan does not fit:\n  " + "\n  ".join(cluster.problems))
+        plans = {m.model_id: m for m in cluster.models}
     return {
         "serving": serving_config(spec).model_dump(mode="json"),
-        "llm_configs": [llm_config(spec, m, spec_dir) for m in spec.models],
+        "llm_configs": [
+            llm_config(spec, m, spec_dir, model_plan=plans.get(m.id)) for m in spec.models
+        ],
     }
 
 

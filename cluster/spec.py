@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.devmodels import FAMILIES as DEV_MODEL_FAMILIES
+from cluster.sizing_spec import PLANNED_ENGINE_KWARGS, GpuPool, LoadSpec, ModelSizing
 from serving.config import MODEL_ID_PATTERN, AuthSettings, RouterSettings
 
 #: Engine arguments govllm sets itself from dedicated spec fields; accepting them in
@@ -96,7 +97,13 @@ class ModelSpec(_Strict):
     revision: str = Field(default="unversioned", description="Weights revision, for /v1/models and audit.")
     max_model_len: int = Field(gt=0, description="Context length the engine enforces.")
     aliases: list[str] = Field(default_factory=list, description="Other names that resolve to this model.")
-    replicas: ReplicaBounds = Field(default_factory=ReplicaBounds)
+    replicas: ReplicaBounds = Field(
+        default_factory=ReplicaBounds,
+        description="CPU engines only; GPU deployments get their bounds from the sizing planner.",
+    )
+    sizing: ModelSizing | None = Field(
+        default=None, description="GPU engines: what the sizing planner needs for this model."
+    )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM engine arguments for this model."
     )
@@ -125,6 +132,14 @@ class EngineSpec(_Strict):
     )
     cpus_per_replica: float = Field(
         default=1.0, gt=0, description="Ray CPUs reserved for each model replica."
+    )
+    metrics_exporter: Literal["vllm", "ray"] = Field(
+        default="vllm",
+        description=(
+            "vllm: each replica serves vLLM's own Prometheus metrics on its data-plane /metrics "
+            "(as a directly started vLLM does). ray: engine metrics go through Ray's per-node "
+            "metrics port (one scrape target per node, measurably more CPU per token)."
+        ),
     )
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="vLLM engine arguments applied to every model."
@@ -161,6 +176,44 @@ class ClusterSpec(_Strict):
     router: RouterSettings = Field(default_factory=RouterSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     ray: RaySpec = Field(default_factory=RaySpec)
+    load: LoadSpec | None = Field(default=None, description="GPU engines: expected peak load.")
+    gpu_pools: list[GpuPool] = Field(
+        default_factory=list, description="GPU engines: the GPU classes the cluster may use."
+    )
+
+    @model_validator(mode="after")
+    def _planning_inputs(self) -> ClusterSpec:
+        if self.engine.device == "cpu":
+            planned = [f"models[{m.id}].sizing" for m in self.models if m.sizing is not None]
+            planned += [k for k in ("load", "gpu_pools") if getattr(self, k)]
+            if planned:
+                raise ValueError(f"{', '.join(planned)}: sizing applies to engine.device gpu only")
+            return self
+        if self.load is None:
+            raise ValueError("engine.device gpu needs a load section (replica bounds come from it)")
+        pools = [p.gpu for p in self.gpu_pools]
+        if len(set(pools)) != len(pools):
+            raise ValueError("gpu_pools: one pool per GPU class")
+        _reject_planned(self.engine.engine_kwargs, "engine.engine_kwargs")
+        shares = [m.sizing.traffic_share for m in self.models if m.sizing and m.sizing.traffic_share]
+        if sum(shares) > 1 + 1e-9:
+            raise ValueError(f"models[].sizing.traffic_share add up to {sum(shares):g} (> 1)")
+        for model in self.models:
+            where = f"models[{model.id}]"
+            if model.sizing is None:
+                raise ValueError(f"{where}.sizing is required for engine.device gpu")
+            if "replicas" in model.model_fields_set:
+                raise ValueError(
+                    f"{where}.replicas: GPU replica bounds come from the sizing planner "
+                    "(load and sizing); remove them"
+                )
+            if model.sizing.gpu not in pools:
+                raise ValueError(
+                    f"{where}.sizing.gpu {model.sizing.gpu!r} has no gpu_pools entry "
+                    f"(pools: {', '.join(pools) or 'none'})"
+                )
+            _reject_planned(model.engine_kwargs, f"{where}.engine_kwargs")
+        return self
 
     @model_validator(mode="after")
     def _names(self) -> ClusterSpec:
@@ -194,6 +247,14 @@ def _reject_reserved(kwargs: dict[str, Any]) -> None:
     for key, owner in RESERVED_ENGINE_KWARGS.items():
         if key in kwargs:
             raise ValueError(f"engine_kwargs.{key} is not allowed here: it is set from {owner}")
+
+
+def _reject_planned(kwargs: dict[str, Any], where: str) -> None:
+    for key in PLANNED_ENGINE_KWARGS:
+        if key in kwargs:
+            raise ValueError(
+                f"{where}.{key} is set by the sizing planner for GPU engines; use models[].sizing"
+            )
 
 
 class SpecError(ValueError):

@@ -76,14 +76,61 @@ def render_serve_config(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write; default stdout."),
 ) -> None:
     """The Ray Serve config (serveConfigV2 shape) that runs the spec's application."""
+    from cluster.plan_inputs import PlanDoesNotFit, PlanningError
     from cluster.serve_config import serve_config_file
 
     cluster_spec, spec_dir = _load(spec)
-    text = yaml.safe_dump(serve_config_file(cluster_spec, spec_dir), sort_keys=False, allow_unicode=True)
+    try:
+        config = serve_config_file(cluster_spec, spec_dir)
+    except PlanDoesNotFit as exc:  # GPU specs: the sizing planner refused (see `govllm plan --spec`)
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    except PlanningError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     if output:
         output.write_text(text)
     else:
         sys.stdout.write(text)
+
+
+@app.command("plan")
+def plan_command(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Catalog model id."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="GPU class id (a100-40gb, h100-80gb, ...)."),
+    quantization: str = typer.Option("bf16", help="Weights: bf16, fp16, fp8, int8, awq, gptq."),
+    kv_cache_dtype: str = typer.Option("auto", help="KV cache: auto (model dtype) or fp8."),
+    max_model_len: Optional[int] = typer.Option(None, min=1, help="Default: the model's context length."),
+    concurrency: Optional[int] = typer.Option(
+        None, min=1, help="Sequences of max_model_len one replica must hold at once."
+    ),
+    gpu_memory_utilization: Optional[float] = typer.Option(
+        None, min=0.01, max=1.0, help="Default: vLLM 0.32's 0.92."
+    ),
+    tensor_parallel_size: Optional[int] = typer.Option(
+        None, min=1, help="Evaluate this degree instead of choosing the smallest that fits."
+    ),
+    gpus_per_node: Optional[int] = typer.Option(None, min=1, help="Default: the largest instance type."),
+    hf_config: Optional[Path] = typer.Option(
+        None, help="config.json or checkpoint directory to size instead of (or with) a catalog model."
+    ),
+    params: Optional[float] = typer.Option(None, min=0.0, help="Parameter count in billions."),
+    spec: Optional[Path] = typer.Option(None, "--spec", "-s", help="Plan every model of a cluster spec."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
+) -> None:
+    """Size a model on a GPU class: TP/PP, KV-cache capacity, vLLM settings, fits or not.
+
+    Exit status: 0 fits, 2 does not fit (reasons on stderr), 1 bad input.
+    """
+    from cluster.plan_command import run_plan
+
+    raise typer.Exit(run_plan(
+        model=model, gpu=gpu, quantization=quantization, kv_cache_dtype=kv_cache_dtype,
+        max_model_len=max_model_len, concurrency=concurrency,
+        gpu_memory_utilization=gpu_memory_utilization, tensor_parallel_size=tensor_parallel_size,
+        gpus_per_node=gpus_per_node, hf_config=hf_config, params=params, spec=spec, as_json=as_json,
+    ))
 
 
 @app.command("generate-models")

@@ -1,0 +1,81 @@
+"""`govllm plan`: one model on one GPU class, or a whole cluster spec.
+
+Exit status: 0 when the plan fits, 2 when it does not (reasons on stderr),
+1 for bad input (unknown model or GPU: the message lists the valid names).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from cluster.catalog import CatalogError
+from cluster.cluster_plan import plan_cluster
+from cluster.plan_inputs import PlanningError, request_for
+from cluster.plan_report import print_cluster, print_plan
+from cluster.planner import plan
+from cluster.spec import SpecError, load_spec
+
+FITS, BAD_INPUT, DOES_NOT_FIT = 0, 1, 2
+
+
+def _console() -> Console:
+    # rich falls back to 80 columns when piped; the tables need more to stay readable
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
+def _fail(message: str) -> int:
+    print(message, file=sys.stderr)
+    return BAD_INPUT
+
+
+def run_plan(*, model: str | None, gpu: str | None, quantization: str, kv_cache_dtype: str,
+             max_model_len: int | None, concurrency: int | None,
+             gpu_memory_utilization: float | None, tensor_parallel_size: int | None,
+             gpus_per_node: int | None, hf_config: Path | None, params: float | None,
+             spec: Path | None, as_json: bool) -> int:
+    if spec is not None:
+        if model or hf_config or gpu:
+            return _fail("--spec plans the spec's models; drop --model/--hf-config/--gpu")
+        return _run_spec(spec, as_json)
+    if gpu is None:
+        return _fail("--gpu is required with --model or --hf-config")
+    try:
+        request = request_for(
+            gpu_id=gpu, model_id=model, hf_config=hf_config, params_billion=params,
+            quantization=quantization, kv_cache_dtype=kv_cache_dtype, max_model_len=max_model_len,
+            concurrency=concurrency, gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size, gpus_per_node=gpus_per_node,
+        )
+    except (CatalogError, PlanningError) as exc:
+        return _fail(str(exc))
+    result = plan(request)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print_plan(result, _console())
+    if not result.fits:
+        for reason in result.reasons:
+            print(f"does not fit: {reason}", file=sys.stderr)
+        return DOES_NOT_FIT
+    return FITS
+
+
+def _run_spec(path: Path, as_json: bool) -> int:
+    try:
+        cluster_spec, spec_dir = load_spec(path)
+        cluster = plan_cluster(cluster_spec, spec_dir)
+    except (SpecError, CatalogError, PlanningError) as exc:
+        return _fail(str(exc))
+    if as_json:
+        print(json.dumps(cluster.to_json(), indent=2))
+    else:
+        print_cluster(cluster, _console())
+    if not cluster.fits:
+        for problem in cluster.problems:
+            print(f"does not fit: {problem}", file=sys.stderr)
+        return DOES_NOT_FIT
+    return FITS
