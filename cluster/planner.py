@@ -288,8 +288,10 @@ def _refusals(plan: SizingPlan) -> list[str]:
     if tp not in valid_tensor_parallel_sizes(req.shape, req.quantization, tp):
         reasons.append(
             f"tensor_parallel_size {tp} is invalid for {req.model}: it must divide the "
-            f"{req.shape.num_attention_heads} attention heads and the intermediate size, and divide "
+            f"{req.shape.num_attention_heads} attention heads and the intermediate size, divide "
             f"or be a multiple of the {req.shape.num_kv_heads} KV heads"
+            + (f", and leave whole {AWQ_GPTQ_GROUP}-wide {req.quantization} groups on every rank"
+               if req.quantization in ("awq", "gptq") else "")
         )
     if pp == 1 and tp > req.node_gpus:
         reasons.append(
