@@ -222,12 +222,7 @@ class ModelCatalog(_Strict):
         return self
 
     def get(self, model_id: str) -> ModelCard:
-        for model in self.models:
-            if model.id == model_id:
-                return model
-        raise CatalogError(
-            f"unknown model {model_id!r}; catalog models: {', '.join(m.id for m in self.models)}"
-        )
+        return _find(self.models, model_id, "model", "catalog models")
 
 
 class GpuCatalog(_Strict):
@@ -243,12 +238,14 @@ class GpuCatalog(_Strict):
         return self
 
     def get(self, gpu_id: str) -> GpuClass:
-        for gpu in self.gpus:
-            if gpu.id == gpu_id:
-                return gpu
-        raise CatalogError(
-            f"unknown GPU {gpu_id!r}; GPU classes: {', '.join(g.id for g in self.gpus)}"
-        )
+        return _find(self.gpus, gpu_id, "GPU", "GPU classes")
+
+
+def _find(entries: tuple[Any, ...], wanted: str, kind: str, plural: str) -> Any:
+    for entry in entries:
+        if entry.id == wanted:
+            return entry
+    raise CatalogError(f"unknown {kind} {wanted!r}; {plural}: {', '.join(e.id for e in entries)}")
 
 
 def _load(name: str, model: type[BaseModel]) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -53,15 +54,7 @@ def run_plan(*, model: str | None, gpu: str | None, quantization: str, kv_cache_
     except (CatalogError, PlanningError) as exc:
         return _fail(str(exc))
     result = plan(request)
-    if as_json:
-        print(json.dumps(result.to_json(), indent=2))
-    else:
-        print_plan(result, _console())
-    if not result.fits:
-        for reason in result.reasons:
-            print(f"does not fit: {reason}", file=sys.stderr)
-        return DOES_NOT_FIT
-    return FITS
+    return _emit(as_json, result.to_json, lambda: print_plan(result, _console()), result.reasons)
 
 
 def _run_spec(path: Path, as_json: bool) -> int:
@@ -70,12 +63,17 @@ def _run_spec(path: Path, as_json: bool) -> int:
         cluster = plan_cluster(cluster_spec, spec_dir)
     except (SpecError, CatalogError, PlanningError) as exc:
         return _fail(str(exc))
+    return _emit(as_json, cluster.to_json, lambda: print_cluster(cluster, _console()),
+                 cluster.problems)
+
+
+def _emit(as_json: bool, to_json: Callable[[], dict], print_table: Callable[[], None],
+          refusals: list[str]) -> int:
+    """The plan on stdout (JSON or tables), refusals on stderr, and the exit status."""
     if as_json:
-        print(json.dumps(cluster.to_json(), indent=2))
+        print(json.dumps(to_json(), indent=2))
     else:
-        print_cluster(cluster, _console())
-    if not cluster.fits:
-        for problem in cluster.problems:
-            print(f"does not fit: {problem}", file=sys.stderr)
-        return DOES_NOT_FIT
-    return FITS
+        print_table()
+    for refusal in refusals:
+        print(f"does not fit: {refusal}", file=sys.stderr)
+    return DOES_NOT_FIT if refusals else FITS

@@ -139,12 +139,7 @@ class SizingPlan:
         req = self.request
         return {
             "model": req.model,
-            "gpu": req.gpu.id,
-            "quantization": req.quantization,
-            "kv_cache_dtype": req.kv_cache_dtype,
-            "tensor_parallel_size": self.tensor_parallel_size,
-            "pipeline_parallel_size": self.pipeline_parallel_size,
-            "gpus_per_replica": self.gpus_per_replica,
+            **self.summary(),
             "nodes_per_replica": self.nodes_per_replica,
             "params": req.params,
             "weight_bytes": self.weight_bytes,
@@ -155,8 +150,6 @@ class SizingPlan:
             "kv_cache_bytes_per_token": self.kv_cache_bytes_per_token,
             "kv_cache_block_size": self.kv_block_size,
             "kv_cache_blocks": self.num_blocks,
-            "kv_cache_tokens": self.kv_cache_tokens,
-            "max_concurrent_sequences": self.max_concurrent_sequences,
             "sequences_held_at_typical_length": self.sequences_held,
             "max_model_len": req.max_model_len,
             "max_num_seqs": self.max_num_seqs,
