@@ -21,6 +21,9 @@ SERVE_FLAGS: dict[str, str] = {
     # HAProxy in front of router replicas that serve HTTP themselves (direct ingress):
     # no Ray actor call between a client and the router.
     "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    # Run deployment code on the replica's own event loop instead of a second thread:
+    # otherwise every streamed chunk crosses threads twice in the router replica.
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
     # The machines have no internet; do not try to report usage.
     "RAY_USAGE_STATS_ENABLED": "0",
 }
