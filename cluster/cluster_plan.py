@@ -16,7 +16,7 @@ from cluster.catalog import CatalogError, gpu_catalog, model_catalog
 from cluster.plan_inputs import PlanningError, resolve_model
 from cluster.planner import SizingPlan, SizingRequest, plan
 from cluster.spec import ClusterSpec, ModelSpec
-from cluster.throughput import ReplicaBounds, replica_bounds
+from cluster.throughput import ReplicaPlan, replica_bounds
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class ModelPlan:
     model_id: str
     sizing: SizingPlan
     traffic_share: float
-    bounds: ReplicaBounds
+    bounds: ReplicaPlan
 
     @property
     def gpus_at_max(self) -> int:

@@ -28,6 +28,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _known_gpu(value: str) -> str:
+    try:
+        gpu_catalog().get(value)
+    except CatalogError as exc:
+        raise ValueError(str(exc)) from None
+    return value
+
+
 class ArchitectureValues(_Strict):
     """Operator-supplied architecture values (for catalog fields marked `unknown`)."""
 
@@ -92,11 +100,7 @@ class ModelSizing(_Strict):
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, value: str) -> str:
-        try:
-            gpu_catalog().get(value)
-        except CatalogError as exc:
-            raise ValueError(str(exc)) from None
-        return value
+        return _known_gpu(value)
 
     @model_validator(mode="after")
     def _has_a_model(self) -> ModelSizing:
@@ -135,7 +139,7 @@ class GpuPool(_Strict):
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, value: str) -> str:
-        return ModelSizing._known_gpu(value)
+        return _known_gpu(value)
 
 
 #: Engine arguments the planner sets for GPU deployments (typing them again is rejected).

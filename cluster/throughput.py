@@ -84,7 +84,7 @@ def autoscaling_target(sequences_held: int) -> int:
 
 
 @dataclass(frozen=True)
-class ReplicaBounds:
+class ReplicaPlan:
     peak_requests_per_s: float
     requests_per_s_per_replica: float
     min_replicas: int
@@ -92,12 +92,12 @@ class ReplicaBounds:
 
 
 def replica_bounds(*, peak_requests_per_s: float, baseline_fraction: float,
-                   requests_per_s_per_replica: float, floor: int) -> ReplicaBounds:
+                   requests_per_s_per_replica: float, floor: int) -> ReplicaPlan:
     """Replicas for the peak (max) and for the always-present baseline (min)."""
     def needed(rate: float) -> int:
         return max(floor, math.ceil(rate / requests_per_s_per_replica - 1e-9))
 
-    return ReplicaBounds(
+    return ReplicaPlan(
         peak_requests_per_s=peak_requests_per_s,
         requests_per_s_per_replica=requests_per_s_per_replica,
         min_replicas=needed(peak_requests_per_s * baseline_fraction),
