@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 import yaml
@@ -31,7 +30,7 @@ SpecOption = typer.Option(
 )
 
 
-def _load(spec: Optional[Path]):
+def _load(spec: Path | None):
     try:
         return load_spec(spec)
     except SpecError as exc:
@@ -41,9 +40,9 @@ def _load(spec: Optional[Path]):
 
 @app.command()
 def serve(
-    spec: Optional[Path] = SpecOption,
-    host: Optional[str] = typer.Option(None, help="Override router.host of the spec."),
-    port: Optional[int] = typer.Option(None, help="Override router.port of the spec."),
+    spec: Path | None = SpecOption,
+    host: str | None = typer.Option(None, help="Override router.host of the spec."),
+    port: int | None = typer.Option(None, help="Override router.port of the spec."),
     ready_timeout: float = typer.Option(600.0, help="Seconds to wait for every model to be ready."),
 ) -> None:
     """Run the spec: local Ray, the router and one vLLM deployment per model, until Ctrl-C.
@@ -64,7 +63,7 @@ def serve(
 
 
 @app.command()
-def validate(spec: Optional[Path] = SpecOption) -> None:
+def validate(spec: Path | None = SpecOption) -> None:
     """Check a cluster spec; prints one line per problem and exits 1 if there are any."""
     cluster_spec, _ = _load(spec)
     typer.echo(f"{spec or DEFAULT_SPEC_PATH}: valid ({len(cluster_spec.models)} models)")
@@ -72,8 +71,8 @@ def validate(spec: Optional[Path] = SpecOption) -> None:
 
 @render_app.command("serve-config")
 def render_serve_config(
-    spec: Optional[Path] = SpecOption,
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File to write; default stdout."),
+    spec: Path | None = SpecOption,
+    output: Path | None = typer.Option(None, "--output", "-o", help="File to write; default stdout."),
 ) -> None:
     """The Ray Serve config (serveConfigV2 shape) that runs the spec's application."""
     from cluster.plan_inputs import PlanDoesNotFit, PlanningError
@@ -97,26 +96,26 @@ def render_serve_config(
 
 @app.command("plan")
 def plan_command(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Catalog model id."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", "-g", help="GPU class id (a100-40gb, h100-80gb, ...)."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Catalog model id."),
+    gpu: str | None = typer.Option(None, "--gpu", "-g", help="GPU class id (a100-40gb, h100-80gb, ...)."),
     quantization: str = typer.Option("bf16", help="Weights: bf16, fp16, fp8, int8, awq, gptq."),
     kv_cache_dtype: str = typer.Option("auto", help="KV cache: auto (model dtype) or fp8."),
-    max_model_len: Optional[int] = typer.Option(None, min=1, help="Default: the model's context length."),
-    concurrency: Optional[int] = typer.Option(
+    max_model_len: int | None = typer.Option(None, min=1, help="Default: the model's context length."),
+    concurrency: int | None = typer.Option(
         None, min=1, help="Sequences of max_model_len one replica must hold at once."
     ),
-    gpu_memory_utilization: Optional[float] = typer.Option(
+    gpu_memory_utilization: float | None = typer.Option(
         None, min=0.01, max=1.0, help="Default: vLLM 0.32's 0.92."
     ),
-    tensor_parallel_size: Optional[int] = typer.Option(
+    tensor_parallel_size: int | None = typer.Option(
         None, min=1, help="Evaluate this degree instead of choosing the smallest that fits."
     ),
-    gpus_per_node: Optional[int] = typer.Option(None, min=1, help="Default: the largest instance type."),
-    hf_config: Optional[Path] = typer.Option(
+    gpus_per_node: int | None = typer.Option(None, min=1, help="Default: the largest instance type."),
+    hf_config: Path | None = typer.Option(
         None, help="config.json or checkpoint directory to size instead of (or with) a catalog model."
     ),
-    params: Optional[float] = typer.Option(None, min=0.0, help="Parameter count in billions."),
-    spec: Optional[Path] = typer.Option(None, "--spec", "-s", help="Plan every model of a cluster spec."),
+    params: float | None = typer.Option(None, min=0.0, help="Parameter count in billions."),
+    spec: Path | None = typer.Option(None, "--spec", "-s", help="Plan every model of a cluster spec."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object on stdout."),
 ) -> None:
     """Size a model on a GPU class: TP/PP, KV-cache capacity, vLLM settings, fits or not.
@@ -134,7 +133,7 @@ def plan_command(
 
 
 @app.command("generate-models")
-def generate_models(spec: Optional[Path] = SpecOption) -> None:
+def generate_models(spec: Path | None = SpecOption) -> None:
     """Create the spec's development models (tokenizer + random weights) if missing."""
     from govllm.local import prepare_models
 
@@ -144,7 +143,7 @@ def generate_models(spec: Optional[Path] = SpecOption) -> None:
 
 @app.command()
 def status(
-    spec: Optional[Path] = SpecOption,
+    spec: Path | None = SpecOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Show the running application: models, their replicas' data-plane endpoints, readiness."""

@@ -29,7 +29,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -239,7 +239,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="Markdown file to append the results to.")
     parser.add_argument("--json", type=Path, help="Write the raw summary here.")
     args = parser.parse_args()
-    started = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     with tempfile.TemporaryDirectory(prefix="govllm-bench-") as tmp:
         work = Path(tmp)
         model_path = generate(work / "model", DevModelShape(family="llama"))

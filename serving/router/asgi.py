@@ -10,7 +10,8 @@ small nodes that CPU is taken from the engine.
 from __future__ import annotations
 
 import json
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from serving.router.errors import APIError, encode_error
 

@@ -14,7 +14,6 @@ connection to the replica, and vLLM aborts the generation.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
@@ -85,7 +84,7 @@ class Dispatcher:
                     self._table.mark_down(ep)
                     tried.add(ep.replica_id)
                     continue
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise APIError(
                         504, f"Model '{model.id}' did not answer in time.", code="upstream_timeout"
                     ) from None

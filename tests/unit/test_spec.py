@@ -101,7 +101,7 @@ def test_render_cpu_default(tmp_path):
     assert [m["id"] for m in args["serving"]["models"]] == [m.id for m in spec.models]
     assert args["serving"]["aliases"]["default"] == ["tiny-llama-ja", "tiny-qwen2-ja"]
     assert args["serving"]["aliases"]["llama"] == ["tiny-llama-ja"]
-    for cfg, model in zip(args["llm_configs"], spec.models):
+    for cfg, model in zip(args["llm_configs"], spec.models, strict=True):
         assert cfg["model_loading_config"]["model_id"] == model.id
         assert cfg["engine_kwargs"]["dtype"] == "float32"  # bfloat16 dies with SIGILL on these CPUs
         assert cfg["engine_kwargs"]["max_model_len"] == model.max_model_len
