@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 #: Written into every generated model directory; regeneration is skipped when
 #: the marker matches, so `make serve` is fast after the first run.

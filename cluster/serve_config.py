@@ -18,9 +18,13 @@ from cluster.spec import ClusterSpec, ModelSpec
 from serving.config import (
     APP_IMPORT_PATH,
     AUTOSCALING_POLICY_IMPORT_PATH,
+    AuditSettings,
     AuthSettings,
+    DirectorySink,
+    LocalKeyFile,
     ModelRoute,
     ServingConfig,
+    StoreSettings,
 )
 
 #: Engine defaults on the CPU build. float32 because bfloat16 kills the worker with SIGILL
@@ -108,19 +112,50 @@ def _gpu_placement(gpus: int, pipeline_stages: int, cpus: float) -> dict[str, An
     }
 
 
+def store_url(spec: ClusterSpec) -> str:
+    if spec.store.url is not None:
+        return spec.store.url
+    return f"redis://127.0.0.1:{spec.store.port}/0"
+
+
+def audit_settings(spec: ClusterSpec) -> AuditSettings | None:
+    """The audit pipeline's settings; unset paths default under state_dir."""
+    audit = spec.audit
+    if not audit.enabled:
+        return None
+    sdir = state_dir(spec)
+    sink = audit.sink or DirectorySink(path=str(sdir / "audit-store"))
+    if isinstance(sink, DirectorySink):
+        sink = DirectorySink(path=str(Path(sink.path).resolve()))
+    keys = audit.keys or LocalKeyFile(path=str(sdir / "audit.key"))
+    if isinstance(keys, LocalKeyFile):
+        keys = LocalKeyFile(path=str(Path(keys.path).resolve()))
+    return AuditSettings(
+        spool_dir=str(Path(audit.spool_dir).resolve() if audit.spool_dir else sdir / "audit-spool"),
+        sink=sink,
+        keys=keys,
+        batch_max_records=audit.batch_max_records,
+        batch_max_s=audit.batch_max_s,
+    )
+
+
 def serving_config(spec: ClusterSpec) -> ServingConfig:
-    auth = spec.auth.model_dump()
-    auth["key_store_path"] = str(Path(spec.auth.key_store_path).resolve())
     return ServingConfig(
         app_name=spec.name,
         router=spec.router,
-        auth=AuthSettings(**auth),
+        auth=AuthSettings(enabled=spec.auth.enabled, oidc=spec.auth.oidc),
+        tenants=tuple(spec.tenants),
+        store=StoreSettings(
+            url=store_url(spec), namespace=spec.store.namespace, timeout_s=spec.store.timeout_s
+        ),
+        audit=audit_settings(spec),
         models=tuple(
             ModelRoute(
                 id=m.id,
                 max_model_len=m.max_model_len,
                 family=m.family,
                 revision=m.revision,
+                max_confidentiality=m.max_confidentiality,
             )
             for m in spec.models
         ),

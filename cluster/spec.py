@@ -15,7 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cluster.devmodels import FAMILIES as DEV_MODEL_FAMILIES
 from cluster.sizing_spec import PLANNED_ENGINE_KWARGS, GpuPool, LoadSpec, ModelSizing
-from serving.config import MODEL_ID_PATTERN, AuthSettings, RouterSettings
+from serving.config import (
+    MODEL_ID_PATTERN,
+    DirectorySink,
+    KmsKey,
+    LocalKeyFile,
+    OIDCSettings,
+    RouterSettings,
+    S3Sink,
+    TenantSettings,
+)
 
 #: Engine arguments govllm sets itself from dedicated spec fields; accepting them in
 #: `engine_kwargs` too would create a second source of truth.
@@ -97,6 +106,11 @@ class ModelSpec(_Strict):
     revision: str = Field(default="unversioned", description="Weights revision, for /v1/models and audit.")
     max_model_len: int = Field(gt=0, description="Context length the engine enforces.")
     aliases: list[str] = Field(default_factory=list, description="Other names that resolve to this model.")
+    max_confidentiality: Literal[1, 2] = Field(
+        default=1,
+        description="Highest confidentiality level (機密性) this model may receive: 2 only for "
+        "models hosted inside the government cloud.",
+    )
     replicas: ReplicaBounds = Field(
         default_factory=ReplicaBounds,
         description="CPU engines only; GPU deployments get their bounds from the sizing planner.",
@@ -163,6 +177,49 @@ class RaySpec(_Strict):
     )
 
 
+class AuthSpec(_Strict):
+    enabled: bool = Field(default=True, description="Require `Authorization: Bearer <key or JWT>`.")
+    oidc: OIDCSettings | None = Field(default=None, description="Also accept OIDC JWTs.")
+    dev_tenant: str | None = Field(
+        default=None,
+        description="`govllm serve` issues a development API key for this tenant on first start.",
+    )
+
+
+class StoreSpec(_Strict):
+    """The shared Redis for keys, quotas, the usage ledger and feedback."""
+
+    embedded: bool = Field(
+        default=False,
+        description="`govllm serve` starts its own Redis (append-only file under state_dir/redis).",
+    )
+    port: int = Field(default=6390, ge=1, le=65535, description="Port of the embedded Redis.")
+    url: str | None = Field(
+        default=None, description="External Redis (redis:// or rediss://); required unless embedded."
+    )
+    namespace: str = Field(default="govllm")
+    timeout_s: float = Field(default=0.5, gt=0)
+
+    @model_validator(mode="after")
+    def _one_store(self) -> StoreSpec:
+        if self.embedded == (self.url is not None):
+            raise ValueError("store: set either embedded: true or url, not both and not neither")
+        return self
+
+
+class AuditSpec(_Strict):
+    enabled: bool = True
+    spool_dir: str | None = Field(default=None, description="Default: <state_dir>/audit-spool.")
+    sink: S3Sink | DirectorySink | None = Field(
+        default=None, discriminator="type", description="Default: directory <state_dir>/audit-store."
+    )
+    keys: LocalKeyFile | KmsKey | None = Field(
+        default=None, discriminator="type", description="Default: local key file <state_dir>/audit.key."
+    )
+    batch_max_records: int = Field(default=1000, ge=1)
+    batch_max_s: float = Field(default=5.0, gt=0)
+
+
 class ClusterSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,45}[a-z0-9])?$")
     state_dir: str = Field(
@@ -174,7 +231,12 @@ class ClusterSpec(_Strict):
         default_factory=dict, description="Alias -> model ids, in fallback order."
     )
     router: RouterSettings = Field(default_factory=RouterSettings)
-    auth: AuthSettings = Field(default_factory=AuthSettings)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    tenants: list[TenantSettings] = Field(
+        default_factory=list, description="Agencies and municipalities allowed to call the API."
+    )
+    store: StoreSpec = Field(default_factory=lambda: StoreSpec(embedded=True))
+    audit: AuditSpec = Field(default_factory=AuditSpec)
     ray: RaySpec = Field(default_factory=RaySpec)
     load: LoadSpec | None = Field(default=None, description="GPU engines: expected peak load.")
     gpu_pools: list[GpuPool] = Field(
@@ -227,6 +289,18 @@ class ClusterSpec(_Strict):
             unknown = [t for t in targets if t not in ids]
             if unknown:
                 raise ValueError(f"aliases: {alias!r} names unknown model(s) {unknown}")
+        tenant_ids = [t.id for t in self.tenants]
+        dupes = sorted({i for i in tenant_ids if tenant_ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"tenants: duplicate id(s) {dupes}")
+        for tenant in self.tenants:
+            unknown = [m for m in tenant.allowed_models if m != "*" and m not in ids]
+            if unknown:
+                raise ValueError(f"tenants[{tenant.id}].allowed_models: unknown model(s) {unknown}")
+        if self.auth.dev_tenant is not None and self.auth.dev_tenant not in tenant_ids:
+            raise ValueError(f"auth.dev_tenant {self.auth.dev_tenant!r} is not in tenants")
+        if self.auth.enabled and not self.tenants:
+            raise ValueError("auth.enabled needs at least one entry in tenants")
         return self
 
     def all_aliases(self) -> dict[str, list[str]]:

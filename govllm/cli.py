@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -38,6 +39,21 @@ def _load(spec: Path | None):
         raise typer.Exit(1) from None
 
 
+@contextmanager
+def _planning_errors():
+    """GPU specs are sized by the planner: a refusal exits 2, bad planner input exits 1."""
+    from cluster.plan_inputs import PlanDoesNotFit, PlanningError
+
+    try:
+        yield
+    except PlanDoesNotFit as exc:  # see `govllm plan --spec` for the alternatives
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(2) from None
+    except PlanningError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+
+
 @app.command()
 def serve(
     spec: Path | None = SpecOption,
@@ -59,7 +75,9 @@ def serve(
         )
     from govllm.local import serve as run_local
 
-    raise typer.Exit(run_local(cluster_spec, spec_dir, ready_timeout_s=ready_timeout))
+    with _planning_errors():
+        code = run_local(cluster_spec, spec_dir, ready_timeout_s=ready_timeout)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -75,18 +93,11 @@ def render_serve_config(
     output: Path | None = typer.Option(None, "--output", "-o", help="File to write; default stdout."),
 ) -> None:
     """The Ray Serve config (serveConfigV2 shape) that runs the spec's application."""
-    from cluster.plan_inputs import PlanDoesNotFit, PlanningError
     from cluster.serve_config import serve_config_file
 
     cluster_spec, spec_dir = _load(spec)
-    try:
+    with _planning_errors():
         config = serve_config_file(cluster_spec, spec_dir)
-    except PlanDoesNotFit as exc:  # GPU specs: the sizing planner refused (see `govllm plan --spec`)
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(2) from None
-    except PlanningError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(1) from None
     text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     if output:
         output.write_text(text)
@@ -163,6 +174,15 @@ def status(
         typer.echo(f"  {model_id}: {len(eps)} replica(s)")
         for ep in eps:
             typer.echo(f"    {ep['url']}  ongoing={ep['ongoing']}")
+
+
+def _register_tenancy_commands() -> None:
+    from govllm.tenancy_cli import register
+
+    register(app)
+
+
+_register_tenancy_commands()
 
 
 def main() -> None:

@@ -22,10 +22,11 @@ from pathlib import Path
 from rich.console import Console
 
 from cluster import devmodels
-from cluster.serve_config import app_args, dev_model_dir, state_dir
+from cluster.serve_config import app_args, audit_settings, dev_model_dir, serving_config, state_dir
 from cluster.spec import ClusterSpec
-from govllm import runtime_env
-from serving.keys import ensure_dev_key
+from govllm import embedded_store, runtime_env
+from serving.tenancy.keystore import KeyAdmin, ensure_dev_key
+from serving.tenancy.store import StoreKeys, sync_client
 
 console = Console(stderr=True, highlight=False)
 
@@ -75,10 +76,38 @@ def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) 
     run_dir = sdir / "run"
     runtime_env.apply(runtime_env.serve_environment(run_dir))
     prepare_models(spec)
-    key_path, created = ensure_dev_key(
-        key_store_path=Path(spec.auth.key_store_path).resolve(), key_path=sdir / "dev-api-key"
-    )
     args = app_args(spec, spec_dir)
+    redis = None
+    if spec.store.embedded:
+        console.print(f"[govllm] starting the embedded store (Redis) on 127.0.0.1:{spec.store.port}")
+        try:
+            redis = embedded_store.start(sdir / "redis", spec.store.port)
+        except RuntimeError as exc:
+            console.print(f"[red]{exc}[/]")
+            return 1
+    try:
+        return _serve(spec, sdir, args, ready_timeout_s)
+    finally:
+        if redis is not None:
+            embedded_store.stop(redis)
+
+
+def _dev_key(spec: ClusterSpec, sdir: Path) -> tuple[Path | None, bool]:
+    if not (spec.auth.enabled and spec.auth.dev_tenant):
+        return None, False
+    settings = serving_config(spec).store
+    client = sync_client(settings)
+    try:
+        key_path = sdir / "dev-api-key"
+        created = ensure_dev_key(KeyAdmin(client, StoreKeys(settings.namespace)),
+                                 tenant=spec.auth.dev_tenant, key_path=key_path)
+        return key_path, created
+    finally:
+        client.close()
+
+
+def _serve(spec: ClusterSpec, sdir: Path, args: dict, ready_timeout_s: float) -> int:
+    key_path, created = _dev_key(spec, sdir)
 
     import ray
     from ray import serve
@@ -130,6 +159,11 @@ def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) 
         console.print("[govllm] stopped.")
 
 
+def args_audit_dir(spec: ClusterSpec) -> str:
+    audit = audit_settings(spec)
+    return audit.spool_dir if audit else "(disabled)"
+
+
 def _metrics_urls(ray) -> list[str]:
     """Prometheus endpoints of the Ray nodes (engine, Serve and router metrics)."""
     return [
@@ -151,7 +185,7 @@ def _port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def _print_banner(spec: ClusterSpec, url: str, ready: dict, key_path: Path, created: bool) -> None:
+def _print_banner(spec: ClusterSpec, url: str, ready: dict, key_path: Path | None, created: bool) -> None:
     aliases = spec.all_aliases()
     console.print(f"\n[bold green]govllm is serving[/] the OpenAI API at [bold]{url}/v1[/]")
     for model in spec.models:
@@ -161,11 +195,14 @@ def _print_banner(spec: ClusterSpec, url: str, ready: dict, key_path: Path, crea
             f"  model [bold]{model.id}[/] ({model.family or 'unknown family'}; "
             f"aliases: {', '.join(names) or 'none'}; ready replicas: {replicas})"
         )
-    state = "created" if created else "kept"
-    console.print(f"  development API key ({state}): {key_path}")
-    console.print(f"    {key_path.read_text().strip()}")
-    console.print(
-        f"  try: curl {url}/v1/models -H \"Authorization: Bearer $(cat {key_path})\""
-    )
+    if key_path is not None:
+        state = "created" if created else "kept"
+        console.print(f"  development API key for tenant {spec.auth.dev_tenant} ({state}): {key_path}")
+        console.print(f"    {key_path.read_text().strip()}")
+        console.print(
+            f"  try: curl {url}/v1/models -H \"Authorization: Bearer $(cat {key_path})\""
+        )
+    if spec.audit.enabled:
+        console.print(f"  audit trail: encrypted, spooled in {args_audit_dir(spec)}")
     console.print("  health: /healthz   readiness: /readyz   stop: Ctrl-C\n")
     sys.stderr.flush()

@@ -8,6 +8,8 @@ for KubeRay), so `serving/` never imports `cluster/`.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -30,6 +32,9 @@ class ModelRoute(_Strict):
     owned_by: str = Field(default="govllm", description="`owned_by` in /v1/models.")
     family: str | None = Field(default=None, description="Architecture family, for aliases and docs.")
     revision: str = Field(default="unversioned", description="Weights revision, reported in /v1/models and audit.")
+    max_confidentiality: Literal[1, 2] = Field(
+        default=1, description="Highest confidentiality level (機密性) this model may receive."
+    )
 
 
 class RouterSettings(_Strict):
@@ -72,15 +77,128 @@ class RouterSettings(_Strict):
         return self
 
 
+class OIDCSettings(_Strict):
+    """OpenID Connect bearer tokens (JWTs) from the government's identity provider."""
+
+    issuer: str = Field(description="Expected `iss` claim.")
+    audience: str = Field(description="Expected `aud` claim.")
+    jwks_url: str = Field(description="Where the issuer publishes its signing keys (JWKS).")
+    tenant_claim: str = Field(default="tenant", description="Claim holding the govllm tenant id.")
+    user_claim: str = Field(default="sub", description="Claim identifying the user.")
+    algorithms: tuple[str, ...] = Field(default=("RS256", "ES256"), min_length=1)
+    leeway_s: int = Field(default=30, ge=0, description="Clock skew tolerated on exp/nbf/iat.")
+    jwks_refresh_s: float = Field(default=300.0, gt=0, description="How often signing keys are re-read.")
+
+
 class AuthSettings(_Strict):
     """How the router authenticates callers."""
 
-    enabled: bool = Field(default=True, description="Require `Authorization: Bearer <key>`.")
-    key_store_path: str = Field(
-        default=".govllm/keys.json",
-        description="File of salted API-key hashes; re-read when it changes.",
+    enabled: bool = Field(default=True, description="Require `Authorization: Bearer <key or JWT>`.")
+    oidc: OIDCSettings | None = Field(default=None, description="Also accept OIDC JWTs.")
+
+
+class TenantLimits(_Strict):
+    """Per-tenant limits; unset means unlimited. Enforced across all router replicas."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    monthly_token_budget: int | None = Field(
+        default=None,
+        ge=1,
+        description="Hard cap on prompt + completion tokens per calendar month (Asia/Tokyo).",
     )
-    reload_interval_s: float = Field(default=2.0, gt=0, description="How often to check the file.")
+
+    @property
+    def any(self) -> bool:
+        return any(v is not None for v in (self.requests_per_minute, self.tokens_per_minute,
+                                           self.monthly_token_budget))
+
+
+UsageType = Literal["general-1", "general-2", "specialised-1", "specialised-2"]
+
+
+class TenantSettings(_Strict):
+    """An agency or municipality allowed to use the platform."""
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    name: str = Field(min_length=1, description="Display name, e.g. デジタル庁.")
+    kind: Literal["agency", "municipality"]
+    allowed_models: tuple[str, ...] = Field(
+        default=("*",), description="Model ids this tenant may use; '*' for all."
+    )
+    max_confidentiality: Literal[1, 2] = Field(
+        default=1, description="Highest confidentiality level (機密性) its requests may carry."
+    )
+    default_confidentiality: Literal[1, 2] = Field(
+        default=1, description="Level assumed when a request has no x-confidentiality header."
+    )
+    usage_type: UsageType = Field(
+        default="general-1",
+        description="Periodic-report usage type: general-1 direct prompting, general-2 templates, "
+        "specialised-1 RAG, specialised-2 fine-tuned.",
+    )
+    limits: TenantLimits = Field(default_factory=TenantLimits)
+
+    @model_validator(mode="after")
+    def _levels(self) -> TenantSettings:
+        if self.default_confidentiality > self.max_confidentiality:
+            raise ValueError(
+                f"tenant {self.id}: default_confidentiality ({self.default_confidentiality}) "
+                f"exceeds max_confidentiality ({self.max_confidentiality})"
+            )
+        return self
+
+    def may_use(self, model_id: str) -> bool:
+        return "*" in self.allowed_models or model_id in self.allowed_models
+
+
+class StoreSettings(_Strict):
+    """The shared store (Redis) for keys, quotas, the usage ledger and feedback."""
+
+    url: str = Field(default="redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL.")
+    namespace: str = Field(default="govllm", description="Key prefix, so apps can share a Redis.")
+    timeout_s: float = Field(
+        default=0.5, gt=0, description="Per-operation timeout; a slower store counts as down."
+    )
+
+
+class LocalKeyFile(_Strict):
+    type: Literal["local"] = "local"
+    path: str = Field(description="32-byte key-encryption key (created 0600 if missing).")
+
+
+class KmsKey(_Strict):
+    type: Literal["kms"] = "kms"
+    key_id: str = Field(description="KMS key id or ARN that wraps the per-batch data keys.")
+    region: str = Field(default="ap-northeast-1")
+    endpoint_url: str | None = Field(default=None, description="For KMS-compatible services.")
+
+
+class S3Sink(_Strict):
+    type: Literal["s3"] = "s3"
+    bucket: str
+    prefix: str = Field(default="audit")
+    region: str = Field(default="ap-northeast-1", description="Keep audit logs in Japan.")
+    endpoint_url: str | None = Field(default=None, description="For S3-compatible services.")
+    sse_kms_key_id: str | None = Field(
+        default=None, description="SSE-KMS key for the objects; default: the audit KMS key."
+    )
+
+
+class DirectorySink(_Strict):
+    """A local directory with the same object layout as the bucket (embedded default only)."""
+
+    type: Literal["directory"] = "directory"
+    path: str
+
+
+class AuditSettings(_Strict):
+    enabled: bool = True
+    spool_dir: str = Field(description="Durable local spool (per router replica subdirectory).")
+    sink: S3Sink | DirectorySink = Field(discriminator="type")
+    keys: LocalKeyFile | KmsKey = Field(discriminator="type")
+    batch_max_records: int = Field(default=1000, ge=1)
+    batch_max_s: float = Field(default=5.0, gt=0, description="Upload at least this often.")
 
 
 class ServingConfig(_Strict):
@@ -89,6 +207,9 @@ class ServingConfig(_Strict):
     app_name: str = Field(default="govllm")
     router: RouterSettings = Field(default_factory=RouterSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    tenants: tuple[TenantSettings, ...] = Field(default=())
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    audit: AuditSettings | None = Field(default=None)
     models: tuple[ModelRoute, ...] = Field(min_length=1)
     aliases: dict[str, tuple[str, ...]] = Field(
         default_factory=dict,
@@ -108,6 +229,13 @@ class ServingConfig(_Strict):
                 raise ValueError(
                     f"alias {alias!r} must name served models; unknown: {unknown or '(empty)'}"
                 )
+        tenant_ids = [t.id for t in self.tenants]
+        if len(set(tenant_ids)) != len(tenant_ids):
+            raise ValueError(f"tenant ids must be unique, got {tenant_ids}")
+        for tenant in self.tenants:
+            unknown = [m for m in tenant.allowed_models if m != "*" and m not in ids]
+            if unknown:
+                raise ValueError(f"tenant {tenant.id}: allowed_models names unknown model(s) {unknown}")
         return self
 
     def model(self, model_id: str) -> ModelRoute | None:

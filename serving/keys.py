@@ -6,7 +6,8 @@ scrypt) would add milliseconds to every request for no security gain. The
 key id in front of the secret lets verification look the record up in O(1)
 without revealing anything about the secret.
 
-Format: ``gvk_<key_id>_<secret>``; ``key_id`` is 12 hex digits.
+Format: ``gvk_<key_id>_<secret>``; ``key_id`` is 12 hex digits. Records live
+in the shared store (serving/tenancy/keystore.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import secrets
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 KEY_PREFIX = "gvk"
@@ -30,7 +31,8 @@ class Principal:
 
     tenant: str
     user: str
-    key_id: str
+    method: str = "api_key"  # "api_key" | "oidc"
+    credential_id: str = ""  # API key id, or the JWT's issuer-unique subject
 
 
 @dataclass
@@ -44,20 +46,23 @@ class KeyRecord:
     revoked_at: float | None = None
     description: str = ""
 
-
-@dataclass
-class KeyFile:
-    """The on-disk store: tenants known locally and their key records."""
-
-    keys: list[KeyRecord] = field(default_factory=list)
-
     def to_json(self) -> str:
-        return json.dumps({"version": 1, "keys": [asdict(k) for k in self.keys]}, indent=2)
+        return json.dumps(asdict(self), ensure_ascii=False)
 
     @classmethod
-    def from_json(cls, text: str) -> KeyFile:
-        data = json.loads(text)
-        return cls(keys=[KeyRecord(**k) for k in data.get("keys", [])])
+    def from_json(cls, text: str | bytes) -> KeyRecord:
+        return cls(**json.loads(text))
+
+    def public(self) -> dict:
+        """What listing a key shows: never the salt or digest."""
+        return {
+            "key_id": self.key_id,
+            "tenant": self.tenant,
+            "user": self.user,
+            "created_at": self.created_at,
+            "revoked_at": self.revoked_at,
+            "description": self.description,
+        }
 
 
 def _digest(salt: str, secret: str) -> str:
@@ -99,7 +104,7 @@ def verify(presented: str, records: dict[str, KeyRecord]) -> Principal | None:
         return None
     if not hmac.compare_digest(record.digest, _digest(record.salt, secret)):
         return None
-    return Principal(tenant=record.tenant, user=record.user, key_id=key_id)
+    return Principal(tenant=record.tenant, user=record.user, method="api_key", credential_id=key_id)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -114,66 +119,3 @@ def write_private(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def load_key_file(path: Path) -> KeyFile:
-    try:
-        return KeyFile.from_json(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return KeyFile()
-
-
-class FileKeyStore:
-    """Key records from a JSON file, re-read when its modification time changes.
-
-    Re-reading on change means a key created or revoked with the CLI takes
-    effect on every router replica that shares the file within one reload
-    interval, without a restart.
-    """
-
-    def __init__(self, path: Path):
-        self._path = Path(path)
-        self._stamp: tuple[int, int] | None = None
-        self._records: dict[str, KeyRecord] = {}
-        self.reload()
-
-    def reload(self) -> bool:
-        """Re-read the file if it changed; True when the records were replaced."""
-        try:
-            st = self._path.stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            stamp = None
-        if stamp == self._stamp:
-            return False
-        keys = load_key_file(self._path).keys if stamp else []
-        self._records = {k.key_id: k for k in keys}
-        self._stamp = stamp
-        return True
-
-    def authenticate(self, presented: str) -> Principal | None:
-        return verify(presented, self._records)
-
-
-DEV_TENANT = "dev-local"
-DEV_USER = "developer"
-
-
-def ensure_dev_key(*, key_store_path: Path, key_path: Path) -> tuple[Path, bool]:
-    """Create the development tenant's key on first start.
-
-    Returns the path of the plaintext key file and whether it was created now.
-    The key file and the hash store are both 0600. An existing dev key is kept
-    as long as its hash is still in the store, so restarts do not rotate it.
-    """
-    store_path = key_store_path
-    store = load_key_file(store_path)
-    if key_path.is_file():
-        existing = key_path.read_text(encoding="utf-8").strip()
-        if verify(existing, {k.key_id: k for k in store.keys}) is not None:
-            return key_path, False
-    plaintext, record = issue_key(DEV_TENANT, DEV_USER, description="development key (make serve)")
-    store.keys.append(record)
-    write_private(store_path, store.to_json())
-    write_private(key_path, plaintext + "\n")
-    return key_path, True

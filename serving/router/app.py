@@ -4,6 +4,7 @@ Routes:
   GET  /v1/models, /v1/models/{id}   models and their aliases (authenticated)
   POST /v1/chat/completions          chat, streaming or not (authenticated)
   POST /v1/completions               text completion (authenticated)
+  POST /v1/feedback                  rate an answer of your tenant (authenticated)
   GET  /healthz                      the router process answers
   GET  /readyz                       every configured model has a ready replica
 """
@@ -33,7 +34,6 @@ from serving.router.endpoints import EndpointTable
 from serving.router.errors import APIError
 from serving.router.pipeline import (
     AccessLog,
-    Authenticate,
     Finisher,
     ParseRequest,
     RequestContext,
@@ -48,7 +48,13 @@ _GENERATION = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 
 class RouterApp:
-    """ASGI callable; one instance per router replica."""
+    """ASGI callable; one instance per router replica.
+
+    `extra_steps` run after the model is resolved (confidentiality policy, quota
+    admission); `seal` makes the request's audit record durable before the last
+    bytes of its response; `finishers` run after every request (settlement,
+    access log) and never delay the response.
+    """
 
     def __init__(
         self,
@@ -58,13 +64,15 @@ class RouterApp:
         authenticate: Step,
         finishers: list[Finisher] | None = None,
         extra_steps: list[Step] | None = None,
+        seal: Finisher | None = None,
+        feedback=None,
     ):
         self.config = config
         self.table = table
-        self.dispatcher = Dispatcher(table, config.router)
+        self._seal = seal
+        self.dispatcher = Dispatcher(table, config.router, before_end=seal or _nothing)
         self._authenticate = authenticate
-        # Order matters: who is asking, what they ask, which model; policy and quota steps
-        # (tenancy) go after ResolveModel so they can see both principal and model.
+        self._feedback = feedback
         self.generation_steps: list[Step] = [
             authenticate,
             ParseRequest(),
@@ -72,6 +80,7 @@ class RouterApp:
             *(extra_steps or []),
         ]
         self.finishers: list[Finisher] = finishers if finishers is not None else [AccessLog()]
+        self.quota = None  # set by the deployment; /readyz reports the shared store's state
         self._created = int(time.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,6 +103,11 @@ class RouterApp:
             await self._readyz(send)
         elif path == "/v1/models" or path.startswith("/v1/models/"):
             await self._models(scope, send)
+        elif path == "/v1/feedback" and self._feedback is not None:
+            if method != "POST":
+                await send_error(send, _method_not_allowed(path, "POST"))
+                return
+            await self._rate(scope, receive, send)
         else:
             await send_error(
                 send,
@@ -118,6 +132,11 @@ class RouterApp:
         except APIError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             if ctx.first_byte_at is None:
+                if self._seal is not None and exc.code != "audit_unavailable":
+                    try:
+                        await self._seal(ctx)  # refusals are on the audit trail too
+                    except APIError as audit_exc:
+                        exc = audit_exc
                 await _send_error_quietly(send, exc)
         except ClientDisconnected:
             ctx.status, ctx.error_code = 499, "client_disconnected"
@@ -140,6 +159,17 @@ class RouterApp:
         finally:
             for finish in self.finishers:
                 await finish(ctx)
+
+    async def _rate(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = RequestContext(request_id=self._request_id(scope), operation="feedback", scope=scope)
+        try:
+            ctx.raw_body = await read_body(scope, receive, self.config.router.max_body_bytes)
+            await self._authenticate(ctx)
+            await send_json(send, 201, await self._feedback(ctx))
+        except APIError as exc:
+            await _send_error_quietly(send, exc)
+        except ClientDisconnected:
+            pass
 
     async def _models(self, scope: Scope, send: Send) -> None:
         ctx = RequestContext(request_id=self._request_id(scope), operation="models", scope=scope)
@@ -174,6 +204,7 @@ class RouterApp:
             "family": model.family,
             "revision": model.revision,
             "aliases": aliases,
+            "max_confidentiality": model.max_confidentiality,
             "ready_replicas": self.table.replica_count(model.id),
         }
 
@@ -182,6 +213,7 @@ class RouterApp:
         stale_s = time.monotonic() - self.table.refreshed_at
         fresh = stale_s < max(10.0, 5 * self.config.router.registry_refresh_s)
         ready = fresh and all(n > 0 for n in replicas.values())
+        quota = getattr(self, "quota", None)
         await send_json(
             send,
             200 if ready else 503,
@@ -189,6 +221,8 @@ class RouterApp:
                 "status": "ready" if ready else "not_ready",
                 "models": {k: {"ready_replicas": v} for k, v in replicas.items()},
                 "registry_age_s": round(stale_s, 2),
+                # informational: budgeted tenants get 503 while the store is down, others are served
+                "quota_store": None if quota is None else ("up" if quota.store_up else "down"),
             },
         )
 
@@ -205,9 +239,5 @@ async def _send_error_quietly(send: Send, exc: APIError) -> None:
         pass
 
 
-def build_router_app(config: ServingConfig, key_store) -> RouterApp:
-    return RouterApp(
-        config,
-        table=EndpointTable(),
-        authenticate=Authenticate(key_store, enabled=config.auth.enabled),
-    )
+async def _nothing(ctx: RequestContext) -> None:
+    return None

@@ -4,21 +4,32 @@
 the raw ASGI RouterApp directly: with Serve's direct-ingress/HAProxy data
 path each router replica serves HTTP on its own port and HAProxy balances
 across replicas, so no Ray actor call sits between a client and the router.
-The replica's background tasks keep its view of model endpoints and API keys
-fresh; neither touches the request path.
+
+Each replica assembles the request path from the tenancy parts (key cache,
+OIDC verifier, confidentiality policy, quota ledger, audit trail) and runs
+their background work: endpoint refresh, key-change subscription, JWKS
+refresh, deferred quota settlements, audit writer and uploader threads.
+None of it touches the request path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 
 from ray import serve
 
 from serving.config import ServingConfig
-from serving.keys import FileKeyStore
-from serving.router.app import build_router_app
+from serving.metrics import RouterMetrics
+from serving.router.app import RouterApp
+from serving.router.endpoints import EndpointTable
+from serving.router.feedback import FeedbackEndpoint
+from serving.router.pipeline import AccessLog, Authenticate
+from serving.tenancy.keystore import KeyCache
+from serving.tenancy.oidc import OIDCVerifier
+from serving.tenancy.policy import ConfidentialityPolicy
+from serving.tenancy.quota import QuotaLedger
+from serving.tenancy.store import StoreKeys, async_client, sync_client
 
 logger = logging.getLogger("govllm.router")
 
@@ -29,16 +40,49 @@ class Router:
         # `models` (handles to the LLM deployments) makes Serve deploy them as part of this
         # application; requests never use them, the data plane is HTTP.
         self._model_handles = models or {}
-        self._config = ServingConfig.model_validate(config)
-        self._keys = FileKeyStore(Path(self._config.auth.key_store_path))
-        self._app = build_router_app(self._config, self._keys)
+        cfg = ServingConfig.model_validate(config)
+        self._config = cfg
         self._registry = registry
+        metrics = RouterMetrics()
+        keys = StoreKeys(cfg.store.namespace)
+        self._redis = async_client(cfg.store)
+        self._key_cache = KeyCache(self._redis, keys)
+        try:
+            await self._key_cache.load()
+        except Exception as exc:  # the watcher keeps trying; until then no key is accepted
+            logger.warning("shared store unreachable at start (%s): API keys load when it answers", exc)
+        oidc = OIDCVerifier(cfg.auth.oidc) if cfg.auth.oidc else None
+        quota = QuotaLedger(cfg, self._redis, keys, metrics=metrics)
+        self._audit = None
+        if cfg.audit is not None:
+            from serving.audit.trail import AuditTrail, redis_heads
+
+            replica = serve.get_replica_context().replica_id.unique_id
+            self._audit = AuditTrail(
+                cfg.audit, app=cfg.app_name, chain_hint=replica,
+                heads=redis_heads(sync_client(cfg.store), keys.audit_heads), metrics=metrics,
+            )
+        self._app = RouterApp(
+            cfg,
+            table=EndpointTable(),
+            authenticate=Authenticate(cfg, keys=self._key_cache, oidc=oidc),
+            extra_steps=[ConfidentialityPolicy(), quota],
+            seal=self._audit.seal if self._audit else None,
+            finishers=[quota.settle, AccessLog()],
+            feedback=FeedbackEndpoint(self._redis, keys, audit=self._audit, metrics=metrics),
+        )
+        self._app.quota = quota
         await self._refresh_endpoints()
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._every(self._config.router.registry_refresh_s, self._refresh_endpoints)),
-            loop.create_task(self._every(self._config.auth.reload_interval_s, self._reload_keys)),
+        background = [
+            self._every(cfg.router.registry_refresh_s, self._refresh_endpoints),
+            quota.retry_deferred(),
         ]
+        if cfg.auth.enabled:
+            background.append(self._key_cache.watch())
+        if oidc is not None:
+            background.append(oidc.watch())
+        self._tasks = [loop.create_task(job) for job in background]
 
     async def __serve_build_asgi_app__(self):
         return self._app
@@ -46,10 +90,6 @@ class Router:
     async def _refresh_endpoints(self) -> None:
         snapshot = await self._registry.snapshot.remote()
         self._app.table.update(snapshot)
-
-    async def _reload_keys(self) -> None:
-        if self._keys.reload():
-            logger.info("API key store reloaded from %s", self._config.auth.key_store_path)
 
     @staticmethod
     async def _every(interval_s: float, job) -> None:
@@ -71,3 +111,7 @@ class Router:
         app = getattr(self, "_app", None)
         if app is not None:
             await app.dispatcher.close()
+        if getattr(self, "_audit", None) is not None:
+            await asyncio.to_thread(self._audit.close)
+        if getattr(self, "_redis", None) is not None:
+            await self._redis.aclose()

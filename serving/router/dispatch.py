@@ -29,14 +29,28 @@ from serving.router.pipeline import RequestContext
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 _USAGE_MARK = b'"choices":[],"usage":{'
 _EVENT_END = b"\n\n"
+_DONE = b"data: [DONE]\n\n"
 _MAX_ERROR_BODY = 64 * 1024
 _CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError)
 
 
+async def _nothing(ctx: RequestContext) -> None:
+    return None
+
+
 class Dispatcher:
-    def __init__(self, table: EndpointTable, settings: RouterSettings):
+    """Forwards to model replicas.
+
+    `before_end` runs after the answer has been produced and before its last
+    bytes (the non-streaming body, or a stream's `data: [DONE]`) are sent: the
+    audit trail uses it to make the record durable first, so a client that saw
+    a complete answer can rely on it being recorded. Tokens never wait for it.
+    """
+
+    def __init__(self, table: EndpointTable, settings: RouterSettings, *, before_end=_nothing):
         self._table = table
         self._settings = settings
+        self._before_end = before_end
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
@@ -117,6 +131,8 @@ class Dispatcher:
             body = await resp.read()
             ctx.usage = _usage_of(body)
             ctx.status = 200
+            ctx.response_body = body
+            await self._before_end(ctx)
             start_headers.append((b"content-length", str(len(body)).encode()))
             await send({"type": "http.response.start", "status": 200, "headers": start_headers})
             ctx.first_byte_at = time.perf_counter()
@@ -125,7 +141,7 @@ class Dispatcher:
         start_headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         await send({"type": "http.response.start", "status": 200, "headers": start_headers})
         ctx.status = 200
-        pending = b""
+        pending = done = b""
         async for data in resp.content.iter_any():
             pending += data
             cut = pending.rfind(_EVENT_END)
@@ -134,13 +150,18 @@ class Dispatcher:
             out, pending = pending[: cut + 2], pending[cut + 2 :]
             if _USAGE_MARK in out:
                 out = self._take_usage(ctx, out)
+            if out.endswith(_DONE):
+                done, out = _DONE, out[: -len(_DONE)]
             if out:
+                ctx.response_chunks.append(out)
                 await send({"type": "http.response.body", "body": out, "more_body": True})
                 if ctx.first_byte_at is None:
                     ctx.first_byte_at = time.perf_counter()
         if pending:
+            ctx.response_chunks.append(pending)
             await send({"type": "http.response.body", "body": pending, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await self._before_end(ctx)
+        await send({"type": "http.response.body", "body": done, "more_body": False})
 
     def _take_usage(self, ctx: RequestContext, block: bytes) -> bytes:
         """Record the usage event's counts; drop the event unless the client asked for usage."""

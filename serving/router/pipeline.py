@@ -14,13 +14,16 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, get_args
 
-from serving.config import ModelRoute, ServingConfig
+from serving.config import ModelRoute, ServingConfig, TenantSettings, UsageType
 from serving.keys import Principal
 from serving.router.asgi import Scope, header
 from serving.router.errors import APIError
 from serving.router.schema import ChatCompletionRequest, CompletionRequest, validate
+from serving.tenancy.oidc import TokenRejected, looks_like_jwt
+
+USAGE_TYPES = get_args(UsageType)
 
 log = logging.getLogger("govllm.access")
 
@@ -35,6 +38,10 @@ class RequestContext:
     started_at: float = field(default_factory=time.perf_counter)
     wall_time: float = field(default_factory=time.time)
     principal: Principal | None = None
+    tenant: TenantSettings | None = None
+    confidentiality: int | None = None
+    usage_type: str | None = None
+    reservation: str | None = None
     raw_body: bytes = b""
     payload: dict[str, Any] | None = None
     requested_model: str | None = None
@@ -47,6 +54,9 @@ class RequestContext:
     usage: dict[str, int] | None = None
     first_byte_at: float | None = None
     upstream: str | None = None
+    # what was sent back, kept by reference for the audit record (parsed off the request path)
+    response_chunks: list[bytes] = field(default_factory=list)
+    response_body: bytes | None = None
 
     @property
     def client(self) -> str | None:
@@ -66,15 +76,28 @@ class Finisher(Protocol):
     async def __call__(self, ctx: RequestContext) -> None: ...
 
 
-class Authenticate:
-    """Bearer API key -> Principal (tenant, user)."""
+#: The principal of every request when authentication is disabled (benchmarks, closed labs).
+ANONYMOUS = TenantSettings(id="anonymous", name="anonymous", kind="agency")
 
-    def __init__(self, key_store: Any, *, enabled: bool = True):
-        self._store = key_store
-        self._enabled = enabled
+
+class Authenticate:
+    """Bearer credential -> Principal (tenant, user) and the tenant's settings.
+
+    API keys (`gvk_...`) are checked against the router's in-memory copy of the
+    key records; anything shaped like a JWT is verified as an OIDC token when
+    OIDC is configured. Either way the tenant must be declared in the spec.
+    """
+
+    def __init__(self, config: ServingConfig, *, keys: Any = None, oidc: Any = None):
+        self._enabled = config.auth.enabled
+        self._keys = keys
+        self._oidc = oidc
+        self._tenants = {t.id: t for t in config.tenants}
 
     async def __call__(self, ctx: RequestContext) -> None:
         if not self._enabled:
+            ctx.principal = Principal(tenant=ANONYMOUS.id, user="anonymous", method="none")
+            ctx.tenant = self._tenants.get(ANONYMOUS.id, ANONYMOUS)
             return
         raw = header(ctx.scope, b"authorization")
         if raw is None:
@@ -86,9 +109,19 @@ class Authenticate:
                 headers={"WWW-Authenticate": "Bearer"},
             )
         scheme, _, token = raw.decode("latin-1").partition(" ")
-        principal = (
-            self._store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
-        )
+        token = token.strip()
+        principal = None
+        if scheme.lower() == "bearer" and token:
+            if self._oidc is not None and looks_like_jwt(token):
+                try:
+                    principal = await self._oidc.verify(token)
+                except TokenRejected as exc:
+                    raise APIError(
+                        401, f"Invalid bearer token: {exc}.", code="invalid_token",
+                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+                    ) from None
+            elif self._keys is not None:
+                principal = self._keys.authenticate(token)
         if principal is None:
             raise APIError(
                 401,
@@ -96,7 +129,23 @@ class Authenticate:
                 code="invalid_api_key",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        ctx.principal = principal
+        tenant = self._tenants.get(principal.tenant)
+        if tenant is None:
+            raise APIError(
+                403,
+                f"Tenant '{principal.tenant}' is not configured on this platform.",
+                code="tenant_not_configured",
+            )
+        ctx.principal, ctx.tenant = principal, tenant
+        usage_type = header(ctx.scope, b"x-govllm-usage-type")
+        if usage_type is not None:
+            value = usage_type.decode("latin-1")
+            if value not in USAGE_TYPES:
+                raise APIError(
+                    400, f"x-govllm-usage-type must be one of {', '.join(USAGE_TYPES)}.",
+                    code="invalid_usage_type", param="x-govllm-usage-type",
+                )
+            ctx.usage_type = value
 
 
 _SCHEMAS = {"chat": ChatCompletionRequest, "completions": CompletionRequest}

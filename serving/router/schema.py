@@ -53,6 +53,11 @@ class CompletionRequest(_Sampling):
 
 def validate(model_cls: type[_Sampling], payload: Any) -> _Sampling:
     """Validated request, or a 400 that names the first offending field."""
+    return validate_model(model_cls, payload)
+
+
+def validate_model(model_cls: type[BaseModel], payload: Any) -> Any:
+    """Any router request model: a JSON object that validates, or a 400 naming the field."""
     if not isinstance(payload, dict):
         raise APIError(
             400,

@@ -26,6 +26,7 @@ import yaml
 
 from cluster.spec import DEFAULT_SPEC_PATH
 from govllm.runtime_env import haproxy_dir
+from tests.servers import AWS_ENV, Issuer, start_moto
 
 READY_TIMEOUT_S = 480
 STOP_TIMEOUT_S = 120
@@ -72,6 +73,21 @@ class Stack:
                     total += float(line.rsplit(" ", 1)[1])
         return total
 
+    @property
+    def store_pid(self) -> int:
+        """The embedded Redis started by `govllm serve`."""
+        port = str(yaml.safe_load(self.spec_path.read_text())["store"]["port"])
+        for p in psutil.process_iter(["cmdline"]):
+            # Redis rewrites its process title to "redis-server 127.0.0.1:<port>"
+            title = " ".join(p.info["cmdline"] or [])
+            if "redis-server" in title and f":{port}" in title:
+                return p.pid
+        raise RuntimeError("embedded Redis not found")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run([GOVLLM, *args, "--spec", str(self.spec_path)], capture_output=True,
+                              text=True, timeout=120, check=check)
+
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
@@ -92,17 +108,53 @@ def _wait_ready(stack: Stack) -> None:
     pytest.fail(f"stack not ready after {READY_TIMEOUT_S}s:\n{stack.log_tail()}")
 
 
+#: Tenants of the test stack, besides the spec's own dev-local and sample-city.
+TEST_TENANTS = [
+    {"id": "test-city", "name": "テスト市", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"requests_per_minute": 5}},
+    {"id": "tiny-budget", "name": "予算僅少町", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"monthly_token_budget": 400}},
+    {"id": "other-agency", "name": "他省", "kind": "agency", "max_confidentiality": 2},
+]
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory) -> Stack:
+def outside():
+    """The servers the stack depends on: S3/KMS (moto) for the audit archive, an OIDC issuer."""
+    for key, value in AWS_ENV.items():
+        os.environ.setdefault(key, value)
+    moto, kms_server = start_moto(), start_moto()  # S3 and KMS fail independently
+    issuer = Issuer()
+    s3, kms = moto.client("s3"), kms_server.client("kms")
+    s3.create_bucket(Bucket="govllm-audit", CreateBucketConfiguration={"LocationConstraint": "ap-northeast-1"})
+    key_id = kms.create_key(Description="govllm audit (test)")["KeyMetadata"]["KeyId"]
+    yield {"moto": moto, "kms": kms_server, "issuer": issuer, "kms_key_id": key_id}
+    issuer.close()
+    moto.stop()
+    kms_server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, outside) -> Stack:
     root = tmp_path_factory.mktemp("stack")
     state_dir = root / "state"
     spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
     port = free_port()
     spec["state_dir"] = str(state_dir)
-    spec["router"]["port"] = port
-    spec["auth"]["key_store_path"] = str(state_dir / "keys.json")
+    spec["router"].update(port=port, min_replicas=2, max_replicas=2)
+    spec["store"] = {"embedded": True, "port": free_port()}
+    spec["tenants"] += TEST_TENANTS
+    issuer = outside["issuer"]
+    spec["auth"]["oidc"] = {"issuer": issuer.issuer, "audience": issuer.audience, "jwks_url": issuer.jwks_url}
+    spec["audit"] = {
+        "enabled": True,
+        "batch_max_s": 1.0,
+        "sink": {"type": "s3", "bucket": "govllm-audit", "endpoint_url": outside["moto"].url,
+                 "sse_kms_key_id": outside["kms_key_id"]},
+        "keys": {"type": "kms", "key_id": outside["kms_key_id"], "endpoint_url": outside["kms"].url},
+    }
     spec_path = root / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
+    spec_path.write_text(yaml.safe_dump(spec, allow_unicode=True))
     log_path = root / "serve.log"
     env = dict(os.environ)
     with log_path.open("w") as log:

@@ -1,28 +1,44 @@
-"""API keys: hashed at rest, verified in constant time, reloaded on change, 0600 files."""
+"""API keys: hashed at rest, managed in the shared store, revoked everywhere at once."""
 
 from __future__ import annotations
 
+import asyncio
 import stat
 import time
 
-from serving.keys import (
-    FileKeyStore,
-    KeyFile,
-    ensure_dev_key,
-    issue_key,
-    load_key_file,
-    split_key,
-    verify,
-    write_private,
-)
+import pytest
+
+from serving.config import StoreSettings
+from serving.keys import issue_key, split_key, verify
+from serving.tenancy.keystore import KeyAdmin, KeyCache, ensure_dev_key
+from serving.tenancy.store import StoreKeys, async_client, sync_client
+from tests.servers import start_redis
 
 
-def test_issued_key_verifies_and_plaintext_is_not_stored():
-    key, record = issue_key("agency-a", "alice")
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def store(redis_server):
+    settings = StoreSettings(url=redis_server.url, namespace=f"k{time.time_ns()}")
+    return settings, StoreKeys(settings.namespace)
+
+
+def test_issued_key_verifies_and_plaintext_is_not_stored(store):
+    settings, keys = store
+    admin = KeyAdmin(sync_client(settings), keys)
+    key, record = admin.create("agency-a", "alice")
     assert split_key(key) is not None
-    principal = verify(key, {record.key_id: record})
+    principal = admin.verify(key)
     assert principal and principal.tenant == "agency-a" and principal.user == "alice"
-    assert key.split("_", 2)[2] not in KeyFile(keys=[record]).to_json()
+    assert principal.credential_id == record.key_id
+    raw = sync_client(settings).hgetall(keys.api_keys)
+    assert all(key.split("_", 2)[2].encode() not in v for v in raw.values())
+    assert "digest" not in record.public() and "salt" not in record.public()
 
 
 def test_wrong_revoked_and_malformed_keys_fail():
@@ -36,31 +52,56 @@ def test_wrong_revoked_and_malformed_keys_fail():
     assert verify(key, records) is None
 
 
-def test_file_store_reloads_on_change(tmp_path):
-    path = tmp_path / "keys.json"
-    store = FileKeyStore(path)
-    key, record = issue_key("t", "u")
-    assert store.authenticate(key) is None
-    write_private(path, KeyFile(keys=[record]).to_json())
-    assert store.reload() is True
-    assert store.authenticate(key) is not None
-    assert store.reload() is False  # unchanged file is not re-read
-    record.revoked_at = time.time()
-    write_private(path, KeyFile(keys=[record]).to_json() + " ")
-    store.reload()
-    assert store.authenticate(key) is None
+def test_list_rotate_revoke(store):
+    settings, keys = store
+    admin = KeyAdmin(sync_client(settings), keys)
+    k1, r1 = admin.create("a", "app-1")
+    _, r2 = admin.create("b", "app-2")
+    assert [r.key_id for r in admin.list()] == [r1.key_id, r2.key_id]
+    assert [r.key_id for r in admin.list(tenant="b")] == [r2.key_id]
+    k3, r3 = admin.rotate(r1.key_id)
+    assert admin.verify(k1) is None and admin.verify(k3).tenant == "a" and r3.user == "app-1"
+    assert r1.key_id not in [r.key_id for r in admin.list()]
+    assert r1.key_id in [r.key_id for r in admin.list(include_revoked=True)]
+    with pytest.raises(KeyError):
+        admin.revoke("000000000000")
 
 
-def test_dev_key_created_once_with_private_modes(tmp_path):
-    store, key_file = tmp_path / "s" / "keys.json", tmp_path / "s" / "dev-api-key"
-    path, created = ensure_dev_key(key_store_path=store, key_path=key_file)
-    assert created and path == key_file
-    for p in (store, key_file):
-        assert stat.S_IMODE(p.stat().st_mode) == 0o600
-    key = key_file.read_text().strip()
-    assert verify(key, {r.key_id: r for r in load_key_file(store).keys})
-    _, created_again = ensure_dev_key(key_store_path=store, key_path=key_file)
-    assert not created_again and key_file.read_text().strip() == key
-    store.unlink()  # the store lost the key: a new one must be issued
-    _, recreated = ensure_dev_key(key_store_path=store, key_path=key_file)
-    assert recreated and key_file.read_text().strip() != key
+def test_revocation_reaches_router_caches_at_once(store):
+    """Two router replicas' caches; a revoke must fail the key on both within a second."""
+    settings, keys = store
+    admin = KeyAdmin(sync_client(settings), keys)
+    key, record = admin.create("a", "u")
+
+    async def go():
+        caches = [KeyCache(async_client(settings), keys) for _ in range(2)]
+        tasks = [asyncio.create_task(c.watch()) for c in caches]
+        await asyncio.sleep(0.5)
+        before = [c.authenticate(key) is not None for c in caches]
+        new_key, _ = await asyncio.to_thread(admin.create, "b", "v")  # a new key appears too
+        await asyncio.to_thread(admin.revoke, record.key_id)
+        t0 = time.monotonic()
+        while any(c.authenticate(key) for c in caches) or not all(c.authenticate(new_key) for c in caches):
+            assert time.monotonic() - t0 < 1.0, "caches did not see the change within 1 s"
+            await asyncio.sleep(0.01)
+        for t in tasks:
+            t.cancel()
+        return before, time.monotonic() - t0
+
+    before, took = asyncio.run(go())
+    assert before == [True, True] and took < 1.0
+
+
+def test_dev_key_issued_once_with_private_mode(store, tmp_path):
+    settings, keys = store
+    admin = KeyAdmin(sync_client(settings), keys)
+    path = tmp_path / "state" / "dev-api-key"
+    assert ensure_dev_key(admin, tenant="dev-local", key_path=path) is True
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    key = path.read_text().strip()
+    assert admin.verify(key).tenant == "dev-local"
+    assert ensure_dev_key(admin, tenant="dev-local", key_path=path) is False
+    assert path.read_text().strip() == key
+    admin.revoke(split_key(key)[0])  # revoked: a new one is issued
+    assert ensure_dev_key(admin, tenant="dev-local", key_path=path) is True
+    assert path.read_text().strip() != key

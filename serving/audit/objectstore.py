@@ -1,0 +1,107 @@
+"""Where sealed audit segments go: S3 (production) or a local directory (embedded default).
+
+Object keys: <prefix>/<YYYY>/<MM>/<DD>/<chain>/<segment>.gvaudit, dated in
+Asia/Tokyo by the segment's creation, so an auditor's day maps to a prefix.
+S3 objects are written with SSE-KMS on top of the records' own envelope
+encryption, in the configured (Japanese) region.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from serving.config import DirectorySink, KmsKey, S3Sink
+
+TOKYO = ZoneInfo("Asia/Tokyo")
+SUFFIX = ".gvaudit"
+
+
+def object_key(prefix: str, created: float, chain: str, segment_no: int) -> str:
+    day = datetime.fromtimestamp(created, TOKYO).strftime("%Y/%m/%d")
+    return f"{prefix.strip('/')}/{day}/{chain}/{segment_no:010d}{SUFFIX}"
+
+
+def day_prefix(prefix: str, day: datetime) -> str:
+    return f"{prefix.strip('/')}/{day.strftime('%Y/%m/%d')}/"
+
+
+class ObjectStore(Protocol):
+    prefix: str
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str]) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def delete(self, key: str) -> None: ...
+
+
+class DirectoryStore:
+    def __init__(self, sink: DirectorySink):
+        self.root = Path(sink.path)
+        self.prefix = "audit"
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def get(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        base = self.root / prefix
+        if not base.exists():
+            return iter(())
+        return iter(sorted(str(p.relative_to(self.root)) for p in base.rglob(f"*{SUFFIX}")))
+
+    def delete(self, key: str) -> None:
+        (self.root / key).unlink()
+
+
+class S3Store:
+    def __init__(self, sink: S3Sink, kms: KmsKey | None = None):
+        import boto3
+        from botocore.config import Config
+
+        # Short timeouts: a hung store must not block the uploader thread for minutes;
+        # the uploader retries on its own schedule.
+        self._s3 = boto3.client(
+            "s3", region_name=sink.region, endpoint_url=sink.endpoint_url,
+            config=Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2}),
+        )
+        self.bucket = sink.bucket
+        self.prefix = sink.prefix
+        self._sse_key = sink.sse_kms_key_id or (kms.key_id if kms else None)
+
+    def put(self, key: str, data: bytes, metadata: dict[str, str]) -> None:
+        extra = {"ServerSideEncryption": "aws:kms"}
+        if self._sse_key:
+            extra["SSEKMSKeyId"] = self._sse_key
+        self._s3.put_object(Bucket=self.bucket, Key=key, Body=data, Metadata=metadata, **extra)
+
+    def get(self, key: str) -> bytes:
+        return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def list(self, prefix: str) -> Iterator[str]:
+        paginator = self._s3.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"]
+
+    def delete(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self.bucket, Key=key)
+
+
+def object_store(sink: S3Sink | DirectorySink, keys: object = None) -> ObjectStore:
+    if isinstance(sink, S3Sink):
+        return S3Store(sink, keys if isinstance(keys, KmsKey) else None)
+    return DirectoryStore(sink)
