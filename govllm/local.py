@@ -120,7 +120,9 @@ def _serve(spec: ClusterSpec, sdir: Path, args: dict, ready_timeout_s: float) ->
 
     console.print(f"[govllm] starting Ray and the Serve application '{spec.name}' ...")
     ray.init(
-        address=spec.ray.address,
+        # Without an address Ray joins the most recently started local cluster (if any);
+        # "local" always starts this stack's own, so two stacks never share one by accident.
+        address=spec.ray.address or "local",
         num_cpus=spec.ray.num_cpus if spec.ray.address is None else None,
         include_dashboard=False,
         log_to_driver=False,
