@@ -105,6 +105,29 @@ def render_serve_config(
         sys.stdout.write(text)
 
 
+@render_app.command("helm-values")
+def render_helm_values(
+    spec: Path = typer.Option(..., "--spec", "-s", help="Cluster spec YAML file (engine.device gpu).",
+                              dir_okay=False),
+    output: Path | None = typer.Option(None, "--output", "-o", help="File to write; default stdout."),
+) -> None:
+    """Values for the helm/govllm chart: worker groups, GPUs and serveConfigV2 from the planner.
+
+    Use with a cloud profile: helm install govllm helm/govllm -f <this file>
+    -f helm/govllm/profiles/<cloud>.yaml. Exit status: 0 written, 2 the plan does not fit,
+    1 the spec cannot run on Kubernetes as written (the message names the field).
+    """
+    from cluster.helm_values import helm_values, render_text
+
+    cluster_spec, spec_dir = _load(spec)
+    with _planning_errors():
+        text = render_text(helm_values(cluster_spec, spec_dir, source=str(spec)), source=str(spec))
+    if output:
+        output.write_text(text)
+    else:
+        sys.stdout.write(text)
+
+
 @app.command("plan")
 def plan_command(
     model: str | None = typer.Option(None, "--model", "-m", help="Catalog model id."),

@@ -156,10 +156,30 @@ class StoreSettings(_Strict):
     """The shared store (Redis) for keys, quotas, the usage ledger and feedback."""
 
     url: str = Field(default="redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL.")
+    url_env: str | None = Field(
+        default=None,
+        description="Environment variable that holds the URL (password included) on the replicas; "
+        "when set it replaces `url`. Kubernetes fills it from a Secret, so the credential never "
+        "appears in the Serve config or the RayService.",
+    )
     namespace: str = Field(default="govllm", description="Key prefix, so apps can share a Redis.")
     timeout_s: float = Field(
         default=0.5, gt=0, description="Per-operation timeout; a slower store counts as down."
     )
+
+    def resolved_url(self) -> str:
+        """The URL to connect to: the `url_env` variable's value when configured, else `url`."""
+        if self.url_env is None:
+            return self.url
+        import os
+
+        value = os.environ.get(self.url_env)
+        if not value:
+            raise RuntimeError(
+                f"store.url_env names {self.url_env}, which is not set in this process; set it "
+                "(in Kubernetes: the chart's store.existingSecret) or remove url_env"
+            )
+        return value
 
 
 class LocalKeyFile(_Strict):

@@ -50,7 +50,7 @@ def async_client(settings: StoreSettings):
     import redis.asyncio as aredis
 
     return aredis.from_url(
-        settings.url,
+        settings.resolved_url(),
         socket_timeout=settings.timeout_s,
         socket_connect_timeout=settings.timeout_s,
         decode_responses=False,
@@ -61,7 +61,7 @@ def sync_client(settings: StoreSettings):
     import redis
 
     return redis.from_url(
-        settings.url,
+        settings.resolved_url(),
         socket_timeout=max(settings.timeout_s, 5.0),
         socket_connect_timeout=max(settings.timeout_s, 5.0),
         decode_responses=False,

@@ -1,0 +1,270 @@
+"""Cluster spec -> the generated values file of the Helm chart (`govllm render helm-values`).
+
+The chart (helm/govllm) never asks for a GPU count, a tensor-parallel degree or a
+replica bound: every such number comes from here, and here it comes from the sizing
+planner (`cluster.cluster_plan.plan_cluster`) and from `cluster.serve_config`, the
+same code `govllm serve` runs. The generated file has two top-level keys the chart
+requires (values.schema.json):
+
+* `rayService`: the RayService name and `serveConfigV2`, the Serve config of the spec
+  with the few values that differ inside a pod (listen on 0.0.0.0, weights staged
+  under MODELS_DIR, audit spool on a pod volume, Redis URL read from a Secret-backed
+  environment variable);
+* `plan`: one worker group per GPU class (GPUs per pod, pod bounds, CPU and memory)
+  and the per-model numbers the policy tests and `govllm status` compare against.
+
+Why whole-node pods: a Ray placement group packed STRICT_PACK must land in one Ray
+node, i.e. one pod, so a pod must hold a whole replica; giving each pod all GPUs of a
+node keeps NVLink between a replica's GPUs and lets the node-local NVMe stage the
+weights once per node.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from cluster.cluster_plan import ClusterPlan, ModelPlan, plan_cluster
+from cluster.plan_inputs import PlanDoesNotFit, PlanningError
+from cluster.serve_config import serve_config_file
+from cluster.spec import ClusterSpec
+from govllm.runtime_env import SERVE_FLAGS
+from serving.config import DirectorySink, LocalKeyFile, ServingConfig
+
+#: Paths and names fixed by the chart (helm/govllm/templates/_helpers.tpl uses the same).
+POD_STATE_DIR = "/var/lib/govllm"
+MODELS_DIR = f"{POD_STATE_DIR}/models"
+AUDIT_SPOOL_DIR = f"{POD_STATE_DIR}/audit-spool"
+SERVE_PORT = 8000
+STORE_URL_ENV = "GOVLLM_STORE_URL"
+RAY_VERSION = "2.60.0"
+GENERATED_BY = "govllm render helm-values"
+
+#: Host resources around the planned GPUs (not GPU numbers; documented in docs/operations.md).
+HOST_MEMORY_BASE_GIB_PER_GPU = 16  # engine process, CUDA context, tokenizer, Ray worker
+CPU_HEADROOM_PER_POD = 2           # raylet, HAProxy, router replicas (0 CPU in Ray's books)
+#: Checkpoints are stored in bf16 unless they are pre-quantised (fp8/int8 are applied online).
+PREQUANTISED = frozenset({"awq", "gptq", "int8"})
+
+
+class HelmValuesError(PlanningError):
+    """The spec cannot run on Kubernetes as written; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class WorkerGroupPlan:
+    gpu_class: str
+    ray_accelerator_type: str
+    gpus_per_pod: int
+    min_pods: int
+    max_pods: int
+    cpu: int
+    memory_gib: int
+    staging_gib: int
+    models: list[ModelPlan]
+
+
+def _check_kubernetes_ready(spec: ClusterSpec) -> None:
+    """Refuse what only works on one machine: local weights, an embedded store, local audit."""
+    problems: list[str] = []
+    if spec.engine.device != "gpu":
+        problems.append("engine.device: the chart runs GPU deployments; use engine.device gpu "
+                        "(CPU specs run with `govllm serve`)")
+    for m in spec.models:
+        uri = m.source.uri
+        if uri is None or not uri.startswith("s3://"):
+            problems.append(f"models[{m.id}].source: a cluster stages weights from object storage; "
+                            "set source.uri to s3://bucket/prefix (upload with `govllm weights push`)")
+    if spec.store.url is None:
+        problems.append("store: the embedded Redis is for `govllm serve`; set store.url to the "
+                        "cluster's Redis")
+    elif urlsplit(spec.store.url).password or urlsplit(spec.store.url).username:
+        problems.append("store.url carries a credential; keep it without user/password in the spec "
+                        "and put the full URL in the Secret named by the chart's "
+                        "store.existingSecret")
+    if spec.audit.enabled:
+        if spec.audit.sink is None or isinstance(spec.audit.sink, DirectorySink):
+            problems.append("audit.sink: a pod's directory is not durable; use type: s3")
+        if spec.audit.keys is None or isinstance(spec.audit.keys, LocalKeyFile):
+            problems.append("audit.keys: a key file inside a pod is lost with it; use type: kms")
+    if problems:
+        raise HelmValuesError("the spec cannot be rendered for Kubernetes:\n  " + "\n  ".join(problems))
+
+
+def pod_spec(spec: ClusterSpec) -> ClusterSpec:
+    """The spec as it runs inside the pods: listen on all interfaces, fixed pod paths."""
+    router = spec.router.model_copy(update={"host": "0.0.0.0", "port": SERVE_PORT,
+                                            "data_plane_host": "0.0.0.0"})
+    audit = spec.audit.model_copy(update={"spool_dir": AUDIT_SPOOL_DIR})
+    return spec.model_copy(update={"router": router, "audit": audit, "state_dir": POD_STATE_DIR})
+
+
+def staged_path(model_id: str) -> str:
+    return f"{MODELS_DIR}/{model_id}"
+
+
+def pods_needed(replica_shapes: list[tuple[int, int]], gpus_per_pod: int) -> int:
+    """Pods of `gpus_per_pod` GPUs that hold every replica, packed first-fit decreasing.
+
+    A replica is (tensor-parallel degree, pipeline stages): without stages it must sit in
+    one pod (STRICT_PACK); with stages each stage's TP GPUs sit in one pod (PACK).
+    """
+    items: list[int] = []
+    for tp, pp in replica_shapes:
+        items.extend([tp * pp] if pp == 1 else [tp] * pp)
+    free: list[int] = []
+    for size in sorted(items, reverse=True):
+        if size > gpus_per_pod:
+            raise HelmValuesError(f"a replica needs {size} GPUs in one pod; pods have {gpus_per_pod}")
+        for i, left in enumerate(free):
+            if left >= size:
+                free[i] -= size
+                break
+        else:
+            free.append(gpus_per_pod - size)
+    return len(free)
+
+
+def _staging_bytes(m: ModelPlan) -> int:
+    req = m.sizing.request
+    if req.quantization in PREQUANTISED:
+        return m.sizing.weight_bytes
+    return req.params * 2
+
+
+def worker_groups(spec: ClusterSpec, cluster: ClusterPlan) -> list[WorkerGroupPlan]:
+    """One group per GPU class in use, in the order of the spec's gpu_pools."""
+    groups: list[WorkerGroupPlan] = []
+    for pool in spec.gpu_pools:
+        models = [m for m in cluster.models if m.sizing.request.gpu.id == pool.gpu]
+        if not models:
+            continue
+        gpus_per_pod = models[0].sizing.request.node_gpus
+        shape = [(m.sizing.tensor_parallel_size, m.sizing.pipeline_parallel_size) for m in models]
+        at_min = [s for m, s in zip(models, shape, strict=True) for _ in range(m.bounds.min_replicas)]
+        at_max = [s for m, s in zip(models, shape, strict=True) for _ in range(m.bounds.max_replicas)]
+        max_pods = pods_needed(at_max, gpus_per_pod)
+        if pool.max_gpus is not None and max_pods * gpus_per_pod > pool.max_gpus:
+            raise PlanDoesNotFit(
+                f"gpu_pools[{pool.gpu}]: the peak needs {max_pods} pods of {gpus_per_pod} GPUs "
+                f"({max_pods * gpus_per_pod} GPUs, whole nodes), the pool allows {pool.max_gpus}; "
+                "raise max_gpus or lower the load")
+        weights_gib = max(m.sizing.weight_bytes_per_gpu for m in models) / 2**30
+        memory_gib = gpus_per_pod * (HOST_MEMORY_BASE_GIB_PER_GPU + math.ceil(weights_gib))
+        staging = sum(_staging_bytes(m) for m in models) * 1.1 / 2**30
+        groups.append(WorkerGroupPlan(
+            gpu_class=pool.gpu,
+            ray_accelerator_type=models[0].sizing.request.gpu.ray_accelerator_type,
+            gpus_per_pod=gpus_per_pod,
+            min_pods=pods_needed(at_min, gpus_per_pod),
+            max_pods=max_pods,
+            cpu=math.ceil(gpus_per_pod * spec.engine.cpus_per_replica) + CPU_HEADROOM_PER_POD,
+            memory_gib=memory_gib,
+            staging_gib=max(1, math.ceil(staging)),
+            models=models,
+        ))
+    return groups
+
+
+def serve_config_for_pods(spec: ClusterSpec, spec_dir: Path) -> dict[str, Any]:
+    """`serve_config_file` of the pod spec, with staged weights and the Secret-backed store URL."""
+    config = serve_config_file(pod_spec(spec), spec_dir)
+    app = config["applications"][0]
+    serving = app["args"]["serving"]
+    serving["store"]["url_env"] = STORE_URL_ENV
+    ServingConfig.model_validate(serving)  # still what the router accepts
+    for llm in app["args"]["llm_configs"]:
+        llm["model_loading_config"]["model_source"] = staged_path(llm["model_loading_config"]["model_id"])
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": "0.0.0.0", "port": SERVE_PORT},
+        **config,
+    }
+
+
+def helm_values(spec: ClusterSpec, spec_dir: Path, *, source: str) -> dict[str, Any]:
+    """The generated values file for `helm install -f <this> -f profiles/<cloud>.yaml`."""
+    _check_kubernetes_ready(spec)
+    cluster = plan_cluster(spec, spec_dir)
+    if not cluster.fits:
+        raise PlanDoesNotFit("the cluster plan does not fit:\n  " + "\n  ".join(cluster.problems))
+    groups = worker_groups(spec, cluster)
+    serve_config = serve_config_for_pods(spec, spec_dir)
+    uris = {m.id: m.source.uri for m in spec.models}
+    return {
+        "generatedBy": GENERATED_BY,
+        "rayService": {
+            "name": spec.name,
+            "rayVersion": RAY_VERSION,
+            "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False, allow_unicode=True),
+            # Ray Serve reads these at import in every Ray process: set on every Ray container.
+            "env": dict(SERVE_FLAGS),
+        },
+        "plan": {
+            "spec": source,
+            "workerGroups": [
+                {
+                    "name": g.gpu_class,
+                    "gpuClass": g.gpu_class,
+                    "rayAcceleratorType": g.ray_accelerator_type,
+                    "gpusPerPod": g.gpus_per_pod,
+                    "minPods": g.min_pods,
+                    "maxPods": g.max_pods,
+                    "cpu": g.cpu,
+                    "memoryGiB": g.memory_gib,
+                    "stagingGiB": g.staging_gib,
+                    "models": [m.model_id for m in g.models],
+                }
+                for g in groups
+            ],
+            "models": [
+                {
+                    "id": m.model_id,
+                    "gpuClass": m.sizing.request.gpu.id,
+                    "tensorParallelSize": m.sizing.tensor_parallel_size,
+                    "pipelineParallelSize": m.sizing.pipeline_parallel_size,
+                    "gpusPerReplica": m.sizing.gpus_per_replica,
+                    "minReplicas": m.bounds.min_replicas,
+                    "maxReplicas": m.bounds.max_replicas,
+                    "uri": uris[m.model_id],
+                    "stagedPath": staged_path(m.model_id),
+                }
+                for m in cluster.models
+            ],
+            "store": {"urlEnv": STORE_URL_ENV},
+            "audit": _audit_summary(spec),
+        },
+    }
+
+
+def _audit_summary(spec: ClusterSpec) -> dict[str, Any]:
+    """Where the audit trail goes; the chart mounts the spool and documents the egress."""
+    if not spec.audit.enabled:
+        return {"enabled": False}
+    sink, keys = spec.audit.sink, spec.audit.keys
+    return {"enabled": True, "spoolDir": AUDIT_SPOOL_DIR, "bucket": sink.bucket,
+            "region": sink.region, "kmsKeyId": keys.key_id}
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (serveConfigV2) as literal blocks an operator can read."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def render_text(values: dict[str, Any], *, source: str) -> str:
+    header = (f"# Generated by `{GENERATED_BY} --spec {source}`. Do not edit: every number here\n"
+              "# comes from the sizing planner; change the spec and render again.\n")
+    return header + yaml.dump(values, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True,
+                              width=100)

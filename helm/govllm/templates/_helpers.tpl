@@ -1,0 +1,160 @@
+{{/* Names and labels. Paths below are fixed: cluster/helm_values.py writes the same ones
+     into serveConfigV2 (POD_STATE_DIR, MODELS_DIR). */}}
+{{- define "govllm.stateDir" -}}/var/lib/govllm{{- end }}
+{{- define "govllm.modelsDir" -}}/var/lib/govllm/models{{- end }}
+{{- define "govllm.servePort" -}}8000{{- end }}
+{{- define "govllm.metricsPort" -}}8080{{- end }}
+
+{{- define "govllm.fullname" -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 52 | trimSuffix "-" -}}
+{{- end }}
+
+{{- define "govllm.require" -}}
+{{- if not .Values.plan -}}
+{{- fail "plan is missing: render it with `govllm render helm-values --spec FILE -o plan.yaml` and pass -f plan.yaml (GPU counts and degrees are never typed by hand)" -}}
+{{- end -}}
+{{- end }}
+
+{{- define "govllm.selectorLabels" -}}
+app.kubernetes.io/name: govllm
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "govllm.labels" -}}
+{{ include "govllm.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+govllm.io/spec: {{ .Values.rayService.name | quote }}
+govllm.io/cloud: {{ .Values.cloud | quote }}
+{{- end }}
+
+{{- define "govllm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "govllm.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end }}
+
+{{- define "govllm.image" -}}
+{{- $repo := .Values.image.repository -}}
+{{- if .Values.image.registry -}}{{- $repo = printf "%s/%s" .Values.image.registry .Values.image.repository -}}{{- end -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" $repo .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo .Values.image.tag -}}
+{{- end -}}
+{{- end }}
+
+{{/* Restricted Pod Security Standard. */}}
+{{- define "govllm.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.securityContext.runAsUser }}
+runAsGroup: {{ .Values.securityContext.runAsGroup }}
+fsGroup: {{ .Values.securityContext.fsGroup }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "govllm.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+privileged: false
+runAsNonRoot: true
+readOnlyRootFilesystem: {{ .Values.securityContext.readOnlyRootFilesystem }}
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Environment of every Ray and staging container. */}}
+{{- define "govllm.env" -}}
+{{- range $k, $v := .Values.rayService.env }}
+- name: {{ $k }}
+  value: {{ $v | quote }}
+{{- end }}
+- name: {{ .Values.plan.store.urlEnv }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.store.existingSecret }}
+      key: {{ .Values.store.urlKey }}
+- name: AWS_REGION
+  value: {{ .Values.region | quote }}
+- name: AWS_DEFAULT_REGION
+  value: {{ .Values.region | quote }}
+{{- with .Values.objectStore.endpointUrl }}
+- name: AWS_ENDPOINT_URL_S3
+  value: {{ . | quote }}
+{{- end }}
+{{- if eq .Values.objectStore.credentials.mode "secret" }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.objectStore.credentials.existingSecret }}
+      key: {{ .Values.objectStore.credentials.accessKeyIdKey }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.objectStore.credentials.existingSecret }}
+      key: {{ .Values.objectStore.credentials.secretAccessKeyKey }}
+{{- end }}
+- name: HOME
+  value: /tmp/home
+- name: XDG_CACHE_HOME
+  value: /tmp/cache
+- name: HF_HUB_OFFLINE
+  value: "1"
+- name: VLLM_NO_USAGE_STATS
+  value: "1"
+- name: DO_NOT_TRACK
+  value: "1"
+{{- end }}
+
+{{- define "govllm.resources" -}}
+requests:
+  cpu: {{ .cpu | quote }}
+  memory: {{ .memory | quote }}
+  {{- with .gpus }}
+  nvidia.com/gpu: {{ . | quote }}
+  {{- end }}
+limits:
+  cpu: {{ .cpu | quote }}
+  memory: {{ .memory | quote }}
+  {{- with .gpus }}
+  nvidia.com/gpu: {{ . | quote }}
+  {{- end }}
+{{- end }}
+
+{{- define "govllm.baseVolumeMounts" -}}
+- name: tmp
+  mountPath: /tmp
+- name: shm
+  mountPath: /dev/shm
+- name: state
+  mountPath: {{ include "govllm.stateDir" . }}
+{{- end }}
+
+{{- define "govllm.baseVolumes" -}}
+- name: tmp
+  emptyDir: {}
+- name: shm
+  emptyDir:
+    medium: Memory
+    sizeLimit: {{ .Values.sharedMemory.sizeLimit }}
+- name: state
+  emptyDir: {}
+{{- end }}
+
+{{/* Node selector of a GPU class: the values' entry, else GPU Feature Discovery's product label. */}}
+{{- define "govllm.gpuNodeSelector" -}}
+{{- $products := dict "a100-40gb" "NVIDIA-A100-SXM4-40GB" "a100-80gb" "NVIDIA-A100-SXM4-80GB" "h100-80gb" "NVIDIA-H100-80GB-HBM3" "h200-141gb" "NVIDIA-H200" "l4-24gb" "NVIDIA-L4" "l40s-48gb" "NVIDIA-L40S" -}}
+{{- $class := index .root.Values.gpuNodes.classes .gpuClass | default dict -}}
+{{- if $class.nodeSelector -}}
+{{- toYaml $class.nodeSelector -}}
+{{- else if hasKey $products .gpuClass -}}
+nvidia.com/gpu.product: {{ index $products .gpuClass }}
+{{- else -}}
+{{- fail (printf "gpuNodes.classes.%s.nodeSelector is missing: say which nodes carry this GPU class" .gpuClass) -}}
+{{- end -}}
+{{- end }}
