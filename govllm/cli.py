@@ -179,11 +179,33 @@ def generate_models(spec: Path | None = SpecOption) -> None:
 def status(
     spec: Path | None = SpecOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    context: str | None = typer.Option(
+        None, "--context", help="Read the RayService from this kubeconfig context instead of the "
+        "local run (state, pods, per-model replicas and readiness)."),
+    namespace: str = typer.Option("govllm", "--namespace", "-n", help="With --context: the namespace."),
+    kubeconfig: str | None = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG",
+                                          help="With --context: the kubeconfig file."),
 ) -> None:
-    """Show the running application: models, their replicas' data-plane endpoints, readiness."""
+    """Show the running application: models, their replicas' data-plane endpoints, readiness.
+
+    With --context: the Kubernetes deployment (RayService named after the spec).
+    """
     from govllm.status import collect
 
-    cluster_spec, _ = _load(spec)
+    cluster_spec, spec_dir = _load(spec)
+    if context is not None:
+        from govllm.cluster_cli import kubernetes_status
+
+        planned: dict[str, tuple[int, int]] = {}
+        if cluster_spec.engine.device == "gpu":
+            from cluster.cluster_plan import plan_cluster
+
+            with _planning_errors():
+                planned = {m.model_id: (m.bounds.min_replicas, m.bounds.max_replicas)
+                           for m in plan_cluster(cluster_spec, spec_dir).models}
+        kubernetes_status(cluster_spec.name, planned, context=context, namespace=namespace,
+                          kubeconfig=kubeconfig, as_json=as_json)
+        return
     try:
         report = collect(cluster_spec)
     except RuntimeError as exc:
@@ -200,9 +222,11 @@ def status(
 
 
 def _register_tenancy_commands() -> None:
+    from govllm.cluster_cli import register as register_cluster
     from govllm.tenancy_cli import register
 
     register(app)
+    register_cluster(app)
 
 
 _register_tenancy_commands()
