@@ -454,3 +454,28 @@ def test_profiles_select_their_clouds_gpu_nodes(rendered):
         (h100,) = [g for g in groups if g["groupName"] == "h100-80gb"]
         assert h100["template"]["spec"]["nodeSelector"] == {label: value}, variant
         assert any(t["key"] == "nvidia.com/gpu" for t in h100["template"]["spec"]["tolerations"])
+
+
+def leaf_paths(node, prefix=""):
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from leaf_paths(value, f"{prefix}{key}.")
+    else:
+        yield prefix.rstrip(".")
+
+
+def test_chart_readme_documents_every_value():
+    readme = (CHART / "README.md").read_text()
+    lines = readme.splitlines()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = []
+    for path in leaf_paths(values):
+        parts = path.split(".")[:3]
+        parent, leaf = ".".join(parts[:-1]), parts[-1]
+        if ".".join(parts) in readme:
+            continue
+        if not any(parent in line and leaf in line for line in lines if line.startswith("|")):
+            missing.append(path)
+    assert missing == []
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert set(schema["properties"]) >= set(values) | {"generatedBy", "plan"}
