@@ -51,6 +51,7 @@ test-integration: install
 
 bench: install
 	$(PY) -m loadtest.bench_stacks --stacks direct,stock,govllm-bare,govllm --output docs/benchmarks.md
+	$(PY) -m loadtest.bench_tenancy --output docs/benchmarks.md
 	$(PY) -m loadtest.bench_audit --output docs/benchmarks.md
 
 lint: install
