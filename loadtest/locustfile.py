@@ -745,10 +745,15 @@ class MixedModelUser(LLMUser):
     weight = 10
     scenario = "mixed"
 
+    def on_start(self) -> None:
+        super().on_start()
+        self.turn = self.rng.randrange(1000)  # each user starts elsewhere in the rotation
+
     @tag("mixed")
     @task
     def any_model(self) -> None:
         names = self.settings.mixed_models or self.catalog().names
-        model = names[self.rng.randrange(len(names))]
+        model = names[self.turn % len(names)]  # round robin: every name gets its share
+        self.turn += 1
         self.chat(scenario=self.scenario, model=model, max_tokens=self.pick(self.settings.output_tokens),
                   messages=[{"role": "user", "content": prompts.chat_opening(self.rng)[1]}])

@@ -115,6 +115,14 @@ TEST_TENANTS = [
     {"id": "tiny-budget", "name": "予算僅少町", "kind": "municipality", "max_confidentiality": 1,
      "limits": {"monthly_token_budget": 400}},
     {"id": "other-agency", "name": "他省", "kind": "agency", "max_confidentiality": 2},
+    # the load tests' own municipalities (test_loadtest.py): test-city and tiny-budget are
+    # asserted to exact counts by test_tenancy.py, so load must not touch them
+    {"id": "load-town", "name": "負荷試験町", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"requests_per_minute": 6000, "monthly_token_budget": 100_000_000}},
+    {"id": "load-city-a", "name": "負荷試験市A", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"monthly_token_budget": 1500}},
+    {"id": "load-city-b", "name": "負荷試験市B", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"monthly_token_budget": 1500}},
 ]
 
 
