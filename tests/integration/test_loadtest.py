@@ -179,7 +179,8 @@ def test_quota_429s_are_their_own_outcome_not_failures(stack, tmp_path):
 def test_master_and_worker_on_one_machine_replay_a_day(stack, tmp_path):
     port = free_port()
     prefix = tmp_path / "day"
-    env = {**os.environ, "LOADTEST_API_KEY": stack.api_key}
+    # the worker gets no key of its own: the master forwards its options (key, shape, lengths)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LOADTEST_")}
     worker = subprocess.Popen([str(BIN / "locust"), "-f", LOCUSTFILE, "--worker", "--master-host", "127.0.0.1",
                                "--master-port", str(port)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
