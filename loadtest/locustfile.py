@@ -225,7 +225,11 @@ class RunState:
         self.user_ids = itertools.count()
         self.tenant_turn = itertools.count()
         self.warned: set[str] = set()
-        self.worker_name = f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def worker_name(self) -> str:
+        """host-pid of the process that ran the request (not cached: --processes forks)."""
+        return f"{socket.gethostname()}-{os.getpid()}"
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self.warned:
@@ -469,7 +473,7 @@ class LLMUser(HttpUser):
 
     def _discover(self) -> ModelCatalog:
         key = self.api_key or (self.settings.tenant_keys[0]["key"] if self.settings.tenant_keys else "")
-        with self.client.get("/v1/models", headers=_auth(key), name="GET /v1/models",
+        with self.client.get("/v1/models", headers=_auth(key), name="/v1/models",
                              catch_response=True, timeout=30) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
