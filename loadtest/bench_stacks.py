@@ -156,6 +156,22 @@ def build_stacks(work: Path, model_path: Path, wanted: list[str]) -> list[Stack]
     return stacks
 
 
+def apply_profile(spec: dict, profile: str) -> None:
+    """full: authentication on, and the caller's tenant has (generous) limits so every
+    request goes through quota admission and settlement in the shared store; audit on.
+    bare: authentication, quota and audit all off."""
+    if profile == "full":
+        spec["tenants"] = [{
+            "id": "bench", "name": "benchmark", "kind": "agency", "max_confidentiality": 2,
+            "limits": {"requests_per_minute": 10**7, "tokens_per_minute": 10**9,
+                       "monthly_token_budget": 10**12},
+        }]
+        spec["auth"] = {"enabled": True, "dev_tenant": "bench"}
+        spec["audit"] = {"enabled": True}
+    else:
+        spec["tenants"], spec["auth"], spec["audit"] = [], {"enabled": False}, {"enabled": False}
+
+
 def _govllm_spec(state: Path, model_path: Path, profile: str, port: int) -> Path:
     """The embedded default reduced to the benchmark model.
 
@@ -170,16 +186,7 @@ def _govllm_spec(state: Path, model_path: Path, profile: str, port: int) -> Path
     spec["state_dir"] = str(state)
     spec["router"]["port"] = port
     spec["store"] = {"embedded": True, "port": _free_port()}
-    if profile == "full":
-        spec["tenants"] = [{
-            "id": "bench", "name": "benchmark", "kind": "agency", "max_confidentiality": 2,
-            "limits": {"requests_per_minute": 10**7, "tokens_per_minute": 10**9,
-                       "monthly_token_budget": 10**12},
-        }]
-        spec["auth"] = {"enabled": True, "dev_tenant": "bench"}
-        spec["audit"] = {"enabled": True}
-    else:
-        spec["tenants"], spec["auth"], spec["audit"] = [], {"enabled": False}, {"enabled": False}
+    apply_profile(spec, profile)
     state.mkdir(parents=True, exist_ok=True)
     path = state.parent / f"{state.name}-spec.yaml"
     path.write_text(yaml.safe_dump(spec, allow_unicode=True))

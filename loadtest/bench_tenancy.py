@@ -31,6 +31,7 @@ import yaml
 from cluster.serve_config import serving_config
 from cluster.spec import DEFAULT_SPEC_PATH, ClusterSpec
 from govllm import embedded_store
+from loadtest.bench_stacks import apply_profile
 from serving.config import ServingConfig
 from serving.router.pipeline import Authenticate, ParseRequest, RequestContext, ResolveModel
 from serving.tenancy.keystore import KeyAdmin, KeyCache
@@ -48,16 +49,7 @@ def _config(state: Path, port: int, *, full: bool) -> ServingConfig:
     spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
     spec["state_dir"] = str(state)
     spec["store"] = {"embedded": True, "port": port}
-    if full:
-        spec["tenants"] = [{
-            "id": "bench", "name": "benchmark", "kind": "agency", "max_confidentiality": 2,
-            "limits": {"requests_per_minute": 10**7, "tokens_per_minute": 10**9,
-                       "monthly_token_budget": 10**12},
-        }]
-        spec["auth"] = {"enabled": True, "dev_tenant": "bench"}
-        spec["audit"] = {"enabled": True}
-    else:
-        spec["tenants"], spec["auth"], spec["audit"] = [], {"enabled": False}, {"enabled": False}
+    apply_profile(spec, "full" if full else "bare")
     return serving_config(ClusterSpec.model_validate(spec))
 
 
