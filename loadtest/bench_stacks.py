@@ -173,12 +173,7 @@ def apply_profile(spec: dict, profile: str) -> None:
 
 
 def _govllm_spec(state: Path, model_path: Path, profile: str, port: int) -> Path:
-    """The embedded default reduced to the benchmark model.
-
-    full: authentication on, the caller's tenant has (generous) limits so every request
-    goes through quota admission and settlement in the shared store, audit on.
-    bare: the same router with authentication, quota and audit switched off.
-    """
+    """The embedded default reduced to the benchmark model, under a profile (apply_profile)."""
     spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
     model = next(m for m in spec["models"] if m["id"] == MODEL_ID)
     model.update(source={"path": str(model_path)}, aliases=[])
