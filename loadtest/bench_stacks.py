@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,17 +41,12 @@ import yaml
 
 from cluster.devmodels import DevModelShape, generate
 from cluster.spec import DEFAULT_SPEC_PATH
+from govllm.runtime_env import free_port
 from loadtest.serving_bench import BenchResult, run_bench
 
 MODEL_ID = "tiny-llama-ja"
 MAX_MODEL_LEN = 2048
 GOVLLM = str(Path(sys.executable).with_name("govllm"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float, headers: dict | None = None) -> None:
@@ -140,7 +134,7 @@ def build_stacks(work: Path, model_path: Path, wanted: list[str]) -> list[Stack]
             profile = "bare" if base == "govllm-bare" else "full"
             label = ("(c) govllm full stack: auth, quota, audit on" if profile == "full"
                      else "(c0) govllm router without auth, quota, audit")
-            port = _free_port()
+            port = free_port()
             state = work / f"state-{len(stacks)}"
             stack = Stack(
                 name, label + (f" [{extra}]" if extra else ""),
@@ -151,7 +145,7 @@ def build_stacks(work: Path, model_path: Path, wanted: list[str]) -> list[Stack]
             )
         else:
             stack = all_stacks[name]
-            stack.port = _free_port()
+            stack.port = free_port()
         stacks.append(stack)
     return stacks
 
@@ -180,7 +174,7 @@ def _govllm_spec(state: Path, model_path: Path, profile: str, port: int) -> Path
     spec["models"], spec["aliases"] = [model], {}
     spec["state_dir"] = str(state)
     spec["router"]["port"] = port
-    spec["store"] = {"embedded": True, "port": _free_port()}
+    spec["store"] = {"embedded": True, "port": free_port()}
     apply_profile(spec, profile)
     state.mkdir(parents=True, exist_ok=True)
     path = state.parent / f"{state.name}-spec.yaml"

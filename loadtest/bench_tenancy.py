@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import statistics
 import tempfile
 import time
@@ -31,6 +30,7 @@ import yaml
 from cluster.serve_config import serving_config
 from cluster.spec import DEFAULT_SPEC_PATH, ClusterSpec
 from govllm import embedded_store
+from govllm.runtime_env import free_port
 from loadtest.bench_stacks import apply_profile
 from serving.config import ServingConfig
 from serving.router.pipeline import Authenticate, ParseRequest, RequestContext, ResolveModel
@@ -51,12 +51,6 @@ def _config(state: Path, port: int, *, full: bool) -> ServingConfig:
     spec["store"] = {"embedded": True, "port": port}
     apply_profile(spec, "full" if full else "bare")
     return serving_config(ClusterSpec.model_validate(spec))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _percentiles(samples: list[float]) -> dict:
@@ -126,7 +120,7 @@ def run(requests: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
         state.mkdir()
-        port = _free_port()
+        port = free_port()
         redis_proc = embedded_store.start(state / "redis", port)
         try:
             full = _config(state, port, full=True)

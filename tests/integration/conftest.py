@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,18 +24,12 @@ import pytest
 import yaml
 
 from cluster.spec import DEFAULT_SPEC_PATH
-from govllm.runtime_env import haproxy_dir
+from govllm.runtime_env import free_port, haproxy_dir
 from tests.servers import AWS_ENV, Issuer, start_moto
 
 READY_TIMEOUT_S = 480
 STOP_TIMEOUT_S = 120
 GOVLLM = str(Path(sys.executable).with_name("govllm"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

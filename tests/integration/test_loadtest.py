@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.integration.conftest import free_port
+from govllm.runtime_env import free_port
 
 pytestmark = pytest.mark.integration
 
