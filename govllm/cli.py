@@ -87,6 +87,16 @@ def validate(spec: Path | None = SpecOption) -> None:
     typer.echo(f"{spec or DEFAULT_SPEC_PATH}: valid ({len(cluster_spec.models)} models)")
 
 
+def write_output(text: str, output: Path | None) -> None:
+    """Generated files go to --output when given, else to stdout (for piping into helm/kubectl).
+
+    UTF-8 always: specs and records carry Japanese text whatever the operator's locale."""
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+
+
 @render_app.command("serve-config")
 def render_serve_config(
     spec: Path | None = SpecOption,
@@ -98,11 +108,7 @@ def render_serve_config(
     cluster_spec, spec_dir = _load(spec)
     with _planning_errors():
         config = serve_config_file(cluster_spec, spec_dir)
-    text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
-    if output:
-        output.write_text(text)
-    else:
-        sys.stdout.write(text)
+    write_output(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), output)
 
 
 @render_app.command("helm-values")
@@ -122,10 +128,7 @@ def render_helm_values(
     cluster_spec, spec_dir = _load(spec)
     with _planning_errors():
         text = render_text(helm_values(cluster_spec, spec_dir, source=str(spec)), source=str(spec))
-    if output:
-        output.write_text(text)
-    else:
-        sys.stdout.write(text)
+    write_output(text, output)
 
 
 @app.command("plan")

@@ -9,7 +9,6 @@ key policy, or the local key file's permissions).
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime, time
 from pathlib import Path
 
@@ -227,6 +226,7 @@ def audit_export(
     spec: Path | None = SpecOption,
 ) -> None:
     """Decrypt records for an authorised auditor (JSON Lines), after verifying them."""
+    from govllm.cli import write_output
     from serving.audit.verify import walk
 
     lo, hi = _range(start, end)
@@ -234,10 +234,7 @@ def audit_export(
     report, records = walk(store, keys, lo, hi, heads=heads)
     chosen = [r for r in records if tenant is None or r.get("tenant") == tenant]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen)
-    if output:
-        output.write_text(text, encoding="utf-8")
-    else:
-        sys.stdout.write(text)
+    write_output(text, output)
     typer.echo(f"{len(chosen)} records exported; verification "
                f"{'OK' if report.ok else f'found {len(report.problems)} problem(s): run audit verify'}",
                err=True)
