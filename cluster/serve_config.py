@@ -139,15 +139,39 @@ def audit_settings(spec: ClusterSpec) -> AuditSettings | None:
     )
 
 
-def serving_config(spec: ClusterSpec) -> ServingConfig:
+def replica_capacity(spec: ClusterSpec, model: ModelSpec, model_plan: ModelPlan | None = None,
+                     spec_dir: Path = Path(".")) -> tuple[int, int]:
+    """(requests one replica runs at once, requests queued per replica) for router admission.
+
+    GPU replicas run the planner's max_num_seqs at once and the routers queue one more
+    batch of that size; CPU replicas take the spec's values as written.
+    """
+    if spec.engine.device == "gpu":
+        planned = model_plan or plan_model(spec, model, spec_dir)
+        seqs = planned.sizing.max_num_seqs
+        return seqs, seqs
+    return model.replicas.max_ongoing_requests, model.replicas.max_queued_requests
+
+
+def store_settings(spec: ClusterSpec) -> StoreSettings:
+    """How the router and the CLI reach the shared store."""
+    return StoreSettings(
+        url=store_url(spec), namespace=spec.store.namespace, timeout_s=spec.store.timeout_s,
+        cluster=spec.store.cluster,
+    )
+
+
+def serving_config(spec: ClusterSpec, *, plans: dict[str, ModelPlan] | None = None,
+                   spec_dir: Path = Path(".")) -> ServingConfig:
+    capacity = {m.id: replica_capacity(spec, m, (plans or {}).get(m.id), spec_dir)
+                for m in spec.models}
     return ServingConfig(
         app_name=spec.name,
         router=spec.router,
-        auth=AuthSettings(enabled=spec.auth.enabled, oidc=spec.auth.oidc),
+        auth=AuthSettings(enabled=spec.auth.enabled, oidc=spec.auth.oidc,
+                          key_staleness_s=spec.auth.key_staleness_s),
         tenants=tuple(spec.tenants),
-        store=StoreSettings(
-            url=store_url(spec), namespace=spec.store.namespace, timeout_s=spec.store.timeout_s
-        ),
+        store=store_settings(spec),
         audit=audit_settings(spec),
         models=tuple(
             ModelRoute(
@@ -156,6 +180,8 @@ def serving_config(spec: ClusterSpec) -> ServingConfig:
                 family=m.family,
                 revision=m.revision,
                 max_confidentiality=m.max_confidentiality,
+                max_ongoing_per_replica=capacity[m.id][0],
+                max_queued_per_replica=capacity[m.id][1],
             )
             for m in spec.models
         ),
@@ -172,7 +198,7 @@ def app_args(spec: ClusterSpec, spec_dir: Path) -> dict[str, Any]:
             raise PlanDoesNotFit("the cluster plan does not fit:\n  " + "\n  ".join(cluster.problems))
         plans = {m.model_id: m for m in cluster.models}
     return {
-        "serving": serving_config(spec).model_dump(mode="json"),
+        "serving": serving_config(spec, plans=plans, spec_dir=spec_dir).model_dump(mode="json"),
         "llm_configs": [
             llm_config(spec, m, spec_dir, model_plan=plans.get(m.id)) for m in spec.models
         ],

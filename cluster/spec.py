@@ -91,6 +91,14 @@ class ReplicaBounds(_Strict):
     target_ongoing_requests: int = Field(
         default=16, ge=1, description="In-flight requests per replica the autoscaler aims for."
     )
+    max_ongoing_requests: int = Field(
+        default=64, ge=1,
+        description="Requests one replica runs at once; the routers admit no more per replica.",
+    )
+    max_queued_requests: int = Field(
+        default=64, ge=0,
+        description="Requests the routers queue per replica when every slot is taken; beyond, 503.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicaBounds:
@@ -184,6 +192,11 @@ class AuthSpec(_Strict):
         default=None,
         description="`govllm serve` issues a development API key for this tenant on first start.",
     )
+    key_staleness_s: float = Field(
+        default=5.0, gt=0,
+        description="Routers stop accepting API keys (503) when they could not confirm the key "
+        "records with the shared store for this long: the bound on revocation delay.",
+    )
 
 
 class StoreSpec(_Strict):
@@ -199,11 +212,15 @@ class StoreSpec(_Strict):
     )
     namespace: str = Field(default="govllm")
     timeout_s: float = Field(default=0.5, gt=0)
+    cluster: bool = Field(default=False, description="`url` is a node of a Redis Cluster.")
 
     @model_validator(mode="after")
     def _one_store(self) -> StoreSpec:
         if self.embedded == (self.url is not None):
             raise ValueError("store: set either embedded: true or url, not both and not neither")
+        if self.embedded and self.cluster:
+            raise ValueError("store.cluster applies to an external Redis Cluster (store.url), "
+                             "not the embedded store")
         return self
 
 

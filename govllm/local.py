@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from cluster import devmodels
-from cluster.serve_config import app_args, audit_settings, dev_model_dir, serving_config, state_dir
+from cluster.serve_config import app_args, audit_settings, dev_model_dir, state_dir, store_settings
 from cluster.spec import ClusterSpec
 from govllm import embedded_store, runtime_env
 from serving.tenancy.keystore import KeyAdmin, ensure_dev_key
@@ -95,7 +95,7 @@ def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) 
 def _dev_key(spec: ClusterSpec, sdir: Path) -> tuple[Path | None, bool]:
     if not (spec.auth.enabled and spec.auth.dev_tenant):
         return None, False
-    settings = serving_config(spec).store
+    settings = store_settings(spec)
     client = sync_client(settings)
     try:
         key_path = sdir / "dev-api-key"

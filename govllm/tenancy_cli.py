@@ -31,9 +31,9 @@ def _load(spec: Path | None) -> ClusterSpec:
 
 
 def _store(spec: ClusterSpec):
-    from cluster.serve_config import serving_config
+    from cluster.serve_config import store_settings
 
-    settings = serving_config(spec).store
+    settings = store_settings(spec)
     client = sync_client(settings)
     try:
         client.ping()
@@ -166,7 +166,7 @@ def _range(start: str | None, end: str | None) -> tuple[datetime, datetime]:
 
 
 def _audit_inputs(cluster_spec: ClusterSpec):
-    from cluster.serve_config import audit_settings, serving_config
+    from cluster.serve_config import audit_settings, store_settings
     from serving.audit.crypto import data_keys
     from serving.audit.objectstore import object_store
 
@@ -180,7 +180,7 @@ def _audit_inputs(cluster_spec: ClusterSpec):
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     heads = None
-    store = serving_config(cluster_spec).store
+    store = store_settings(cluster_spec)
     try:
         client = sync_client(store)
         raw = client.hgetall(StoreKeys(store.namespace).audit_heads)

@@ -35,6 +35,23 @@ class ModelRoute(_Strict):
     max_confidentiality: Literal[1, 2] = Field(
         default=1, description="Highest confidentiality level (機密性) this model may receive."
     )
+    max_ongoing_per_replica: int = Field(
+        default=64,
+        ge=1,
+        description="Requests one replica of this model runs at once (the planner's max_num_seqs "
+        "on GPUs); the router admits at most this many per live replica, shared among routers.",
+    )
+    max_queued_per_replica: int = Field(
+        default=64,
+        ge=0,
+        description="Requests waiting in the routers for a slot, per live replica; beyond this "
+        "the router sheds with 503 and Retry-After.",
+    )
+
+
+#: Environment variable holding the data-plane credential on every Ray node: model replicas
+#: refuse requests without it, and only router replicas send it.
+DATA_PLANE_TOKEN_ENV = "GOVLLM_DATA_PLANE_TOKEN"
 
 
 class RouterSettings(_Strict):
@@ -57,6 +74,42 @@ class RouterSettings(_Strict):
     )
     upstream_connect_timeout_s: float = Field(
         default=5.0, gt=0, description="Connecting to a model replica's data-plane port."
+    )
+    request_header_timeout_s: int = Field(
+        default=10, ge=1,
+        description="A client must send its complete request headers within this many seconds "
+        "(HAProxy `timeout http-request`); slower clients get 408 before reaching a router.",
+    )
+    request_body_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="A client must send its whole request body within this many seconds (408).",
+    )
+    upstream_first_byte_timeout_s: float = Field(
+        default=120.0, gt=0,
+        description="From dispatch to the engine's first answer byte (queueing and prefill); "
+        "a replica slower than this is taken out of rotation and the request retried once.",
+    )
+    stream_idle_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="Longest silence between two chunks of an answer before it is cut off (504).",
+    )
+    replica_probe_interval_s: float = Field(
+        default=1.0, gt=0,
+        description="How often a replica taken out of rotation is probed (GET /health) for its return.",
+    )
+    max_queue_wait_s: float = Field(
+        default=30.0, gt=0,
+        description="Longest time a request waits in a router's queue for a model slot (then 503).",
+    )
+    tenant_max_share: float = Field(
+        default=0.5, gt=0, le=1,
+        description="When a model is saturated, a tenant already holding this share of its "
+        "slots is refused with 429 instead of queued, so one tenant cannot starve the others.",
+    )
+    data_plane_token_env: str = Field(
+        default=DATA_PLANE_TOKEN_ENV,
+        description="Environment variable with the credential routers send to model replicas "
+        "(generated per run locally; a Kubernetes Secret in the chart).",
     )
     registry_refresh_s: float = Field(
         default=1.0, gt=0, description="How often a router replica refreshes model endpoints."
@@ -88,6 +141,9 @@ class OIDCSettings(_Strict):
     algorithms: tuple[str, ...] = Field(default=("RS256", "ES256"), min_length=1)
     leeway_s: int = Field(default=30, ge=0, description="Clock skew tolerated on exp/nbf/iat.")
     jwks_refresh_s: float = Field(default=300.0, gt=0, description="How often signing keys are re-read.")
+    ca_bundle: str | None = Field(
+        default=None, description="PEM file of CAs to trust for the JWKS URL (a private PKI)."
+    )
 
 
 class AuthSettings(_Strict):
@@ -95,6 +151,12 @@ class AuthSettings(_Strict):
 
     enabled: bool = Field(default=True, description="Require `Authorization: Bearer <key or JWT>`.")
     oidc: OIDCSettings | None = Field(default=None, description="Also accept OIDC JWTs.")
+    key_staleness_s: float = Field(
+        default=5.0, gt=0,
+        description="A router that has not confirmed its API-key records with the shared store "
+        "for this long stops accepting API keys (503) until it can, so a revocation takes "
+        "effect everywhere within this bound.",
+    )
 
 
 class TenantLimits(_Strict):
@@ -163,6 +225,9 @@ class StoreSettings(_Strict):
         "appears in the Serve config or the RayService.",
     )
     namespace: str = Field(default="govllm", description="Key prefix, so apps can share a Redis.")
+    cluster: bool = Field(
+        default=False, description="The URL names a node of a Redis Cluster (cluster-mode clients)."
+    )
     timeout_s: float = Field(
         default=0.5, gt=0, description="Per-operation timeout; a slower store counts as down."
     )

@@ -32,9 +32,10 @@ log = logging.getLogger("govllm.access")
 class RequestContext:
     """Everything known about one request as it moves through the router."""
 
-    request_id: str
+    request_id: str  # assigned by the router: the key of reservations, the ledger and the trail
     operation: str  # "chat" | "completions" | "models"
     scope: Scope
+    client_request_id: str | None = None  # the client's x-request-id, kept for correlation only
     started_at: float = field(default_factory=time.perf_counter)
     wall_time: float = field(default_factory=time.time)
     principal: Principal | None = None
@@ -42,6 +43,7 @@ class RequestContext:
     confidentiality: int | None = None
     usage_type: str | None = None
     reservation: str | None = None
+    reserved_tokens: int = 0
     raw_body: bytes = b""
     payload: dict[str, Any] | None = None
     requested_model: str | None = None
@@ -54,6 +56,9 @@ class RequestContext:
     usage: dict[str, int] | None = None
     first_byte_at: float | None = None
     upstream: str | None = None
+    attempts: list[str] = field(default_factory=list)  # "<model>@<replica url>: <outcome>" per try
+    audit_begun: bool = False  # the begin record is durable (dispatch may start)
+    audit_closed: bool = False  # the end record is queued or durable
     # what was sent back, kept by reference for the audit record (parsed off the request path)
     response_chunks: list[bytes] = field(default_factory=list)
     response_body: bytes | None = None
