@@ -29,6 +29,25 @@ SERVE_FLAGS: dict[str, str] = {
 }
 
 
+#: Read by govllm-haproxy (govllm/haproxy_wrapper.py), which Ray runs instead of HAProxy.
+HAPROXY_HEADER_TIMEOUT_ENV = "GOVLLM_HAPROXY_HTTP_REQUEST_TIMEOUT_S"
+HAPROXY_WRAPPER = "govllm-haproxy"
+
+
+def haproxy_environment(header_timeout_s: int, wrapper_path: str) -> dict[str, str]:
+    """Variables that make Ray Serve run HAProxy through govllm's config adjustments.
+
+    Ray 2.60 renders HAProxy's configuration itself and offers no setting for the
+    header-read timeout or the stats listener's address; `govllm-haproxy` amends the
+    rendered file (see govllm/haproxy_wrapper.py) before it starts the real binary.
+    The chart sets the same variables on every Ray pod.
+    """
+    return {
+        "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper_path,
+        HAPROXY_HEADER_TIMEOUT_ENV: str(int(header_timeout_s)),
+    }
+
+
 def free_port() -> int:
     """A port on 127.0.0.1 free right now (the OS picks it); the one helper for every caller."""
     with socket.socket() as s:
