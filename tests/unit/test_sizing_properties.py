@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from cluster.catalog import KV_CACHE_DTYPES, ArchitectureShape, MambaShape, gpu_catalog
 from cluster.hf_config import estimate_params
-from cluster.planner import SizingRequest, plan, valid_tensor_parallel_sizes
+from cluster.planner import SizingRequest, default_batch_limits, plan, valid_tensor_parallel_sizes
 
 GPUS = gpu_catalog().gpus
 PATTERNS = [("full",), ("sliding", "full"), ("sliding",) * 5 + ("full",), ("mamba", "full")]
@@ -116,7 +116,11 @@ def test_kv_capacity_grows_with_memory_at_fixed_degrees(req, factor):
     fixed = replace(req, tensor_parallel_size=first.tensor_parallel_size, concurrency=1,
                     gpus_per_node=first.tensor_parallel_size)
     assume(first.pipeline_parallel_size == 1)
-    small, large = plan(fixed, alternatives=False), plan(with_memory(fixed, factor), alternatives=False)
+    bigger = with_memory(fixed, factor)
+    # vLLM picks larger batch defaults on GPUs of >= 70 GiB; more tokens in flight then hold
+    # more sliding-window blocks per request, so capacity only grows at equal batch limits.
+    assume(default_batch_limits(fixed.gpu) == default_batch_limits(bigger.gpu))
+    small, large = plan(fixed, alternatives=False), plan(bigger, alternatives=False)
     assert large.kv_cache_tokens >= small.kv_cache_tokens
     assert large.num_blocks >= small.num_blocks
 
