@@ -6,12 +6,16 @@ planner (`cluster.cluster_plan.plan_cluster`) and from `cluster.serve_config`, t
 same code `govllm serve` runs. The generated file has two top-level keys the chart
 requires (values.schema.json):
 
-* `rayService`: the RayService name and `serveConfigV2`, the Serve config of the spec
+* `rayService`: the RayService name, `serveConfigV2`, the Serve config of the spec
   with the few values that differ inside a pod (listen on 0.0.0.0, weights staged
-  under MODELS_DIR, audit spool on a pod volume, Redis URL read from a Secret-backed
-  environment variable);
-* `plan`: one worker group per GPU class (GPUs per pod, pod bounds, CPU and memory)
-  and the per-model numbers the policy tests and `govllm status` compare against.
+  under MODELS_DIR, audit spool under AUDIT_SPOOL_DIR, which the chart puts on a
+  shared PersistentVolumeClaim, Redis URL read from a Secret-backed environment
+  variable), and `env`, the variables every Ray container gets (Ray Serve's flags and
+  the HAProxy wrapper with the spec's header-read timeout);
+* `plan`: one worker group per GPU class (GPUs per pod, pod bounds, CPU and memory),
+  the per-model numbers the policy tests and `govllm status` compare against, and the
+  names of the environment variables the chart fills from Secrets (Redis URL,
+  data-plane credential).
 
 Why whole-node pods: a Ray placement group packed STRICT_PACK must land in one Ray
 node, i.e. one pod, so a pod must hold a whole replica; giving each pod all GPUs of a
@@ -33,7 +37,7 @@ from cluster.cluster_plan import ClusterPlan, ModelPlan, plan_cluster
 from cluster.plan_inputs import PlanDoesNotFit, PlanningError
 from cluster.serve_config import serve_config_file
 from cluster.spec import ClusterSpec
-from govllm.runtime_env import SERVE_FLAGS
+from govllm.runtime_env import HAPROXY_WRAPPER, SERVE_FLAGS, haproxy_environment
 from serving.config import DirectorySink, LocalKeyFile, ServingConfig
 
 #: Paths and names fixed by the chart (helm/govllm/templates/_helpers.tpl uses the same).
@@ -43,6 +47,10 @@ AUDIT_SPOOL_DIR = f"{POD_STATE_DIR}/audit-spool"
 SERVE_PORT = 8000
 STORE_URL_ENV = "GOVLLM_STORE_URL"
 RAY_VERSION = "2.60.0"
+#: The virtual environment of the image (its console scripts: govllm, govllm-haproxy).
+IMAGE_VENV_BIN = "/opt/govllm/venv/bin"
+#: What Ray Serve runs instead of HAProxy (RAY_SERVE_HAPROXY_BINARY_PATH).
+HAPROXY_WRAPPER_PATH = f"{IMAGE_VENV_BIN}/{HAPROXY_WRAPPER}"
 GENERATED_BY = "govllm render helm-values"
 
 #: Host resources around the planned GPUs (not GPU numbers; documented in docs/operations.md).
@@ -87,6 +95,10 @@ def _check_kubernetes_ready(spec: ClusterSpec) -> None:
         problems.append("store.url carries a credential; keep it without user/password in the spec "
                         "and put the full URL in the Secret named by the chart's "
                         "store.existingSecret")
+    token_env = spec.router.data_plane_token_env
+    if token_env in {STORE_URL_ENV, *ray_environment(spec)}:
+        problems.append(f"router.data_plane_token_env: {token_env} is already set by the chart "
+                        "to something else; choose another name")
     if spec.audit.enabled:
         if spec.audit.sink is None or isinstance(spec.audit.sink, DirectorySink):
             problems.append("audit.sink: a pod's directory is not durable; use type: s3")
@@ -102,6 +114,17 @@ def pod_spec(spec: ClusterSpec) -> ClusterSpec:
                                             "data_plane_host": "0.0.0.0"})
     audit = spec.audit.model_copy(update={"spool_dir": AUDIT_SPOOL_DIR})
     return spec.model_copy(update={"router": router, "audit": audit, "state_dir": POD_STATE_DIR})
+
+
+def ray_environment(spec: ClusterSpec) -> dict[str, str]:
+    """Plain variables of every Ray container: Serve's flags and the HAProxy wrapper's.
+
+    Ray reads them at import in every Ray process, and HAProxy runs on every node
+    (proxy_location EveryNode), so the chart sets them on the head and every worker
+    group, not on the weight-staging init containers.
+    """
+    return {**SERVE_FLAGS,
+            **haproxy_environment(spec.router.request_header_timeout_s, HAPROXY_WRAPPER_PATH)}
 
 
 def staged_path(model_id: str) -> str:
@@ -203,7 +226,7 @@ def helm_values(spec: ClusterSpec, spec_dir: Path, *, source: str) -> dict[str, 
             "rayVersion": RAY_VERSION,
             "serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False, allow_unicode=True),
             # Ray Serve reads these at import in every Ray process: set on every Ray container.
-            "env": dict(SERVE_FLAGS),
+            "env": ray_environment(spec),
         },
         "plan": {
             "spec": source,
@@ -237,13 +260,17 @@ def helm_values(spec: ClusterSpec, spec_dir: Path, *, source: str) -> dict[str, 
                 for m in cluster.models
             ],
             "store": {"urlEnv": STORE_URL_ENV},
+            # The chart fills it from dataPlane.existingSecret on every Ray container: model
+            # replicas refuse requests without it and only routers send it.
+            "dataPlane": {"tokenEnv": spec.router.data_plane_token_env},
             "audit": _audit_summary(spec),
         },
     }
 
 
 def _audit_summary(spec: ClusterSpec) -> dict[str, Any]:
-    """Where the audit trail goes; the chart mounts the spool and documents the egress."""
+    """Where the audit trail goes; the chart mounts the spool claim at spoolDir on every
+    Ray pod (router replicas can run on any) and documents the egress."""
     if not spec.audit.enabled:
         return {"enabled": False}
     sink, keys = spec.audit.sink, spec.audit.keys

@@ -8,8 +8,11 @@
 * every RayService against the KubeRay CRD's openAPIV3Schema (tests/data/kuberay), made strict
   (unknown fields rejected, as server-side field validation does), plus the operator's own
   rules that the schema does not express;
-* policy: GPU counts, degrees and bounds equal the planner's, NetworkPolicies, restricted
-  securityContext, no `latest` tags, resources on every container.
+* policy: GPU counts, degrees and bounds equal the planner's, restricted securityContext, no
+  `latest` tags, resources on every container;
+* what keeps others out and records in: the data-plane credential and the HAProxy wrapper on
+  every Ray container (and nowhere else), the audit spool claim on every Ray pod, and the
+  NetworkPolicies evaluated flow by flow (a small evaluator of their semantics, below).
 
 What cannot be checked here (no API server): admission webhooks, CEL rules, quota, RBAC.
 docs/operations.md lists what to check with `--dry-run=server`.
@@ -18,6 +21,7 @@ docs/operations.md lists what to check with `--dry-run=server`.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import re
 import subprocess
@@ -29,10 +33,18 @@ import pytest
 import yaml
 
 from cluster.cluster_plan import plan_cluster
-from cluster.helm_values import MODELS_DIR, STORE_URL_ENV, helm_values, render_text
+from cluster.helm_values import (
+    AUDIT_SPOOL_DIR,
+    HAPROXY_WRAPPER_PATH,
+    MODELS_DIR,
+    STORE_URL_ENV,
+    helm_values,
+    render_text,
+)
 from cluster.serve_config import app_args
 from cluster.spec import load_spec
-from govllm.runtime_env import SERVE_FLAGS
+from govllm.runtime_env import HAPROXY_HEADER_TIMEOUT_ENV, SERVE_FLAGS
+from serving.config import DATA_PLANE_TOKEN_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "govllm"
@@ -48,6 +60,9 @@ KUBE_VERSIONS = ["1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0"]
 #: Optional parts switched on in every render so they are validated too.
 EXTRAS = ["--set", "metrics.serviceMonitor.enabled=true",
           "--set", "metrics.grafanaDashboard.enabled=true"]
+#: What every install must add (site.yaml in docs/operations.md): the data-plane Secret's name.
+DATA_PLANE_SECRET = "govllm-data-plane"
+SITE = ["--set", f"dataPlane.existingSecret={DATA_PLANE_SECRET}"]
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -75,7 +90,12 @@ def value_args(plan_file: Path, variant: str) -> list[str]:
     args = ["-f", str(plan_file)]
     if variant != "default":
         args += ["-f", str(CHART / "profiles" / f"{variant}.yaml")]
-    return args
+    return args + SITE
+
+
+def template(*args: str) -> list[dict]:
+    proc = helm("template", "govllm", str(CHART), "--namespace", "govllm", *args)
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +130,19 @@ def containers(rs: dict) -> list[dict]:
     return [c for p in pod_specs(rs) for c in p.get("initContainers", []) + p["containers"]]
 
 
+def ray_containers(rs: dict) -> list[dict]:
+    """The containers that run Ray (head and every worker group), not the staging ones."""
+    return [c for p in pod_specs(rs) for c in p["containers"]]
+
+
+def init_containers(rs: dict) -> list[dict]:
+    return [c for p in pod_specs(rs) for c in p.get("initContainers", [])]
+
+
+def router_settings(rs: dict) -> dict:
+    return yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]["serving"]["router"]
+
+
 # --- helm itself -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -125,6 +158,8 @@ def test_every_variant_renders_the_expected_objects(rendered):
         kinds = sorted(d["kind"] for d in docs)
         assert kinds.count("RayService") == 1, variant
         assert kinds.count("PodDisruptionBudget") == 3, variant  # one per GPU class
+        # the audit spool claim, except where the profile names an existing one
+        assert kinds.count("PersistentVolumeClaim") == (0 if variant == "sakura" else 1), variant
         for kind in ("Ingress", "ServiceAccount", "ServiceMonitor", "ConfigMap", "Service"):
             assert kind in kinds, (variant, kind)
 
@@ -140,11 +175,21 @@ def test_every_variant_renders_the_expected_objects(rendered):
     (["store.existingSecret="], "/store/existingSecret"),
     (["weights.volume.type=pvc"], "/weights/volume/existingClaim"),
     (["objectStore.credentials.mode=secret"], "/objectStore/credentials/existingSecret"),
+    (["dataPlane.existingSecret=Not_A_Secret_Name"], "/dataPlane/existingSecret"),
+    (["dataPlane.tokenKey="], "/dataPlane/tokenKey"),
+    (["audit.spool.persistence.accessModes={ReadWriteOnce}"], "/audit/spool/persistence/accessModes"),
+    (["audit.spool.persistence.accessModes={ReadWriteOncePod}"],
+     "/audit/spool/persistence/accessModes"),
+    (["audit.spool.persistence.accessModes={ReadWriteMany,ReadWriteAll}"],
+     "/audit/spool/persistence/accessModes/1"),
+    (["audit.spool.persistence.accessModes=null"], "missing property 'accessModes'"),
+    (["audit.spool.persistence.size=plenty"], "/audit/spool/persistence/size"),
+    (["audit.spool.persistence.existingClaim=Bad_Claim"], "/audit/spool/persistence/existingClaim"),
 ])
 def test_schema_rejects_bad_values(plan_file, sets, message):
     args = ["template", "x", str(CHART)]
     if sets:  # the first case: the generated plan values are missing altogether
-        args += ["-f", str(plan_file)]
+        args += ["-f", str(plan_file), *SITE]
         for s in sets:
             args += ["--set", s]
     proc = helm(*args, check=False)
@@ -270,7 +315,7 @@ def test_rayservices_follow_the_operator_rules(rendered):
 
 
 def test_incremental_upgrade_renders_valid(plan_file, crd_validator):
-    proc = helm("template", "x", str(CHART), "-f", str(plan_file), "--set",
+    proc = helm("template", "x", str(CHART), "-f", str(plan_file), *SITE, "--set",
                 "rayService.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",
                 "--set", "rayService.upgradeStrategy.gatewayClassName=istio")
     rs = rayservice([d for d in yaml.safe_load_all(proc.stdout) if d])
@@ -369,9 +414,234 @@ def test_network_policies_default_deny_and_allow_only_the_flows(rendered):
             assert rule["to"] and rule["ports"], variant  # never an open egress rule
         within = policies["within-release"]
         selector = within["podSelector"]["matchLabels"]
-        assert within["ingress"][0]["from"][0]["podSelector"]["matchLabels"] == selector
+        ray_pods = {**selector, "ray.io/is-ray-node": "yes"}  # KubeRay's label of Ray pods
+        assert within["ingress"] == [{"from": [{"podSelector": {"matchLabels": ray_pods}}]}]
+        assert within["egress"] == [{"to": [{"podSelector": {"matchLabels": ray_pods}}]}]
         if variant != "default":  # profiles open the endpoints the pods need
             assert len(egress) == 6, variant
+
+
+# A small evaluator of NetworkPolicy semantics (networking.k8s.io/v1): a pod is isolated in a
+# direction once a policy of that type selects it, and then a connection needs a rule of some
+# selecting policy whose peers and ports match; src -> dst needs dst's ingress and src's egress.
+
+NAMESPACE = "govllm"
+#: Ports the flow checks probe: the API, Ray metrics, the head's dashboard and agent, GCS, Ray
+#: client, HAProxy's stats and Prometheus ports, and ports Ray hands out dynamically (the
+#: model replicas' data planes among them).
+HAPROXY_STATS_PORT, HAPROXY_METRICS_PORT = 8404, 9101
+DYNAMIC_PORTS = [10002, 23456, 40123, 52366, 65000]
+PROBE_PORTS = [8000, 8080, 8265, 52365, 6379, 10001, HAPROXY_STATS_PORT, HAPROXY_METRICS_PORT,
+               *DYNAMIC_PORTS]
+#: The only ports anything outside the release's Ray pods may reach (docs/operations.md).
+EXCEPTIONS = {"worker": {8000, 8080}, "head": {8265, 52365, 8080}}
+
+
+def selector_matches(selector: dict, labels: dict) -> bool:
+    for key, value in selector.get("matchLabels", {}).items():
+        if labels.get(key) != value:
+            return False
+    for expr in selector.get("matchExpressions", []):
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if ((op == "In" and labels.get(key) not in values)
+                or (op == "NotIn" and key in labels and labels[key] in values)
+                or (op == "Exists" and key not in labels)
+                or (op == "DoesNotExist" and key in labels)):
+            return False
+    return True
+
+
+def peer_matches(peer: dict, pod: dict) -> bool:
+    if "ipBlock" in peer:
+        ip = ipaddress.ip_address(pod["ip"])
+        block = peer["ipBlock"]
+        return (ip in ipaddress.ip_network(block["cidr"])
+                and not any(ip in ipaddress.ip_network(e) for e in block.get("except", [])))
+    if "namespaceSelector" in peer:
+        if not selector_matches(peer["namespaceSelector"], pod["nsLabels"]):
+            return False
+    elif pod["namespace"] != NAMESPACE:  # a bare podSelector means the policy's namespace
+        return False
+    return selector_matches(peer.get("podSelector", {}), pod["labels"])
+
+
+def port_matches(ports: list[dict] | None, port: int) -> bool:
+    if not ports:
+        return True
+    for p in ports:
+        if p.get("protocol", "TCP") != "TCP":
+            continue
+        if "port" not in p:
+            return True
+        assert isinstance(p["port"], int), f"named port {p['port']}: the evaluator needs numbers"
+        if p["port"] <= port <= p.get("endPort", p["port"]):
+            return True
+    return False
+
+
+def direction_allows(policies: list[dict], pod: dict, other: dict, port: int, direction: str) -> bool:
+    rules_key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    if pod["namespace"] != NAMESPACE:
+        return True  # only this release's policies are evaluated
+    selecting = []
+    for policy in policies:
+        spec = policy["spec"]
+        types = spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else []))
+        if direction in types and selector_matches(spec["podSelector"], pod["labels"]):
+            selecting.append(spec)
+    if not selecting:
+        return True
+    return any((not rule.get(peers_key) or any(peer_matches(p, other) for p in rule[peers_key]))
+               and port_matches(rule.get("ports"), port)
+               for spec in selecting for rule in spec.get(rules_key, []))
+
+
+def connects(policies: list[dict], src: dict, dst: dict, port: int) -> bool:
+    return (direction_allows(policies, src, dst, port, "Egress")
+            and direction_allows(policies, dst, src, port, "Ingress"))
+
+
+def pod(namespace: str, labels: dict, ip: str = "10.244.7.7") -> dict:
+    return {"namespace": namespace, "nsLabels": {"kubernetes.io/metadata.name": namespace},
+            "labels": labels, "ip": ip}
+
+
+def release_pods(rs: dict) -> dict[str, dict]:
+    """The Ray pods as KubeRay creates them: the template's labels plus KubeRay's own."""
+    cluster = rs["spec"]["rayClusterConfig"]
+    name = rs["metadata"]["name"] + "-raycluster-abcde"
+    kuberay = {"ray.io/is-ray-node": "yes", "ray.io/cluster": name}
+    head = cluster["headGroupSpec"]["template"]["metadata"]["labels"]
+    pods = {"head": pod(NAMESPACE, {**head, **kuberay, "ray.io/node-type": "head",
+                                    "ray.io/group": "headgroup"}, "10.244.1.1")}
+    for i, g in enumerate(cluster["workerGroupSpecs"]):
+        pods[g["groupName"]] = pod(NAMESPACE, {**g["template"]["metadata"]["labels"], **kuberay,
+                                               "ray.io/node-type": "worker",
+                                               "ray.io/group": g["groupName"]}, f"10.244.2.{i + 1}")
+    return pods
+
+
+def outside_pods(docs: list[dict]) -> list[dict]:
+    """Pods that are not this release's Ray pods, including ones that copy its labels, at every
+    address a policy's ipBlock names (CNIs differ in whether ipBlock matches pod addresses)."""
+    selector = {"app.kubernetes.io/name": "govllm", "app.kubernetes.io/instance": "govllm"}
+    labelled = [
+        {},
+        {"app": "debug"},
+        selector,  # a pod that copies the release's labels but is not a Ray pod
+        {**selector, "app.kubernetes.io/instance": "other"},  # another release's Ray pod
+        {"app.kubernetes.io/name": "govllm", "app.kubernetes.io/instance": "other",
+         "ray.io/is-ray-node": "yes"},
+        {"ray.io/is-ray-node": "yes", "ray.io/node-type": "worker"},  # another RayCluster
+    ]
+    addresses = {"10.244.7.7", "192.0.2.10"}
+    for policy in of_kind(docs, "NetworkPolicy"):
+        for rule in policy["spec"].get("ingress", []):
+            for peer in rule.get("from", []):
+                if "ipBlock" in peer:
+                    addresses.add(str(next(ipaddress.ip_network(peer["ipBlock"]["cidr"]).hosts())))
+    namespaces = [NAMESPACE, "ingress-nginx", "monitoring", "kuberay-system", "tenant-apps",
+                  "app-routing-system"]
+    return [pod(ns, labels, ip) for ns in namespaces for labels in labelled for ip in addresses]
+
+
+def exposure(docs: list[dict]) -> dict[str, set[int]]:
+    """Probe ports any pod outside the release's Ray pods can reach, per kind of Ray pod."""
+    policies = of_kind(docs, "NetworkPolicy")
+    reached: dict[str, set[int]] = {"head": set(), "worker": set()}
+    for name, dst in release_pods(rayservice(docs)).items():
+        role = "head" if name == "head" else "worker"
+        for src in outside_pods(docs):
+            reached[role] |= {p for p in PROBE_PORTS if connects(policies, src, dst, p)}
+    return reached
+
+
+def test_nothing_outside_the_release_reaches_its_ray_pods_but_the_documented_ports(rendered):
+    for variant, docs in rendered.items():
+        reached = exposure(docs)
+        for role, ports in reached.items():
+            assert ports <= EXCEPTIONS[role], (variant, role, ports - EXCEPTIONS[role])
+        assert 8000 in reached["worker"] and 8080 in reached["worker"], variant
+        assert {8265, 52365} <= reached["head"], variant
+
+
+def test_the_allowed_flows(rendered, plan_file):
+    docs = rendered["default"]
+    policies = of_kind(docs, "NetworkPolicy")
+    pods = release_pods(rayservice(docs))
+    head, workers = pods.pop("head"), list(pods.values())
+    assert len(workers) == 3
+    # Routers (on any Ray pod) reach every replica's data plane; Ray's own ports likewise.
+    for src in [head, *workers]:
+        for dst in workers:
+            assert all(connects(policies, src, dst, p) for p in DYNAMIC_PORTS)
+        assert connects(policies, src, head, 6379)
+    ingress_controller = pod("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
+    prometheus = pod("monitoring", {"app.kubernetes.io/name": "prometheus"})
+    operator = pod("kuberay-system", {"app.kubernetes.io/name": "kuberay-operator"})
+    neighbour = pod(NAMESPACE, {"app.kubernetes.io/name": "govllm",
+                                "app.kubernetes.io/instance": "govllm"})  # copies the labels
+    for dst in workers:
+        assert connects(policies, ingress_controller, dst, 8000)
+        assert not connects(policies, ingress_controller, dst, 40123)
+        assert not connects(policies, ingress_controller, dst, HAPROXY_STATS_PORT)
+        assert connects(policies, prometheus, dst, 8080)
+        assert not connects(policies, prometheus, dst, HAPROXY_METRICS_PORT)
+        assert not connects(policies, operator, dst, 8265)
+        assert not any(connects(policies, neighbour, dst, p) for p in PROBE_PORTS)
+        assert not connects(policies, dst, neighbour, 8000)  # nor do Ray pods call out to it
+    assert not connects(policies, ingress_controller, head, 8000)  # the head serves no API
+    assert connects(policies, operator, head, 8265) and connects(policies, operator, head, 52365)
+    # Egress: DNS, and nothing else while networkPolicy.egress names no peers.
+    dns = pod("kube-system", {"k8s-app": "kube-dns"})
+    anywhere = pod("elsewhere", {}, "192.0.2.10")
+    assert connects(policies, workers[0], dns, 53)
+    assert not connects(policies, workers[0], anywhere, 443)
+    # Without the ServiceMonitor nothing opens the metrics port.
+    docs = template(*value_args(plan_file, "default"))
+    assert exposure(docs)["worker"] == {8000}
+    assert exposure(docs)["head"] == {8265, 52365}
+
+
+def test_the_flow_checks_can_fail(rendered):
+    docs = copy.deepcopy(rendered["default"])
+    (api,) = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("api-ingress")]
+    del api["spec"]["ingress"][0]["ports"]  # the ingress controller may now reach any port
+    assert set(DYNAMIC_PORTS) <= exposure(docs)["worker"]
+    docs = copy.deepcopy(rendered["default"])
+    (within,) = [p for p in of_kind(docs, "NetworkPolicy")
+                 if p["metadata"]["name"].endswith("within-release")]
+    del within["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["ray.io/is-ray-node"]
+    assert set(DYNAMIC_PORTS) <= exposure(docs)["worker"]  # a pod copying the labels gets in
+
+
+def test_haproxy_side_ports_are_exposed_nowhere(rendered):
+    """Stats (8404, bound to 127.0.0.1 by govllm-haproxy) and HAProxy's Prometheus port are
+    neither container ports, Service or Ingress ports, nor named by any NetworkPolicy."""
+    from ray.serve._private.constants import (
+        RAY_SERVE_HAPROXY_METRICS_PORT,
+        RAY_SERVE_HAPROXY_STATS_PORT,
+    )
+
+    assert (RAY_SERVE_HAPROXY_STATS_PORT, RAY_SERVE_HAPROXY_METRICS_PORT) == (
+        HAPROXY_STATS_PORT, HAPROXY_METRICS_PORT)  # Ray's defaults, which the chart keeps
+    for variant, docs in rendered.items():
+        rs = rayservice(docs)
+        named = {p["containerPort"] for c in containers(rs) for p in c.get("ports", [])}
+        for service in of_kind(docs, "Service"):
+            named |= {p["port"] for p in service["spec"]["ports"]}
+            named |= {p["targetPort"] for p in service["spec"]["ports"] if "targetPort" in p}
+        for ingress in of_kind(docs, "Ingress"):
+            named |= {path["backend"]["service"]["port"]["number"]
+                      for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]}
+        for policy in of_kind(docs, "NetworkPolicy"):
+            named |= {p["port"] for r in policy["spec"].get("ingress", [])
+                      for p in r.get("ports", [])}
+        assert not {HAPROXY_STATS_PORT, HAPROXY_METRICS_PORT} & named, variant
+        for c in ray_containers(rs):
+            env = {e["name"]: e.get("value") for e in c["env"]}
+            assert "RAY_SERVE_HAPROXY_STATS_PORT" not in env
+            assert env["RAY_SERVE_HAPROXY_BINARY_PATH"] == HAPROXY_WRAPPER_PATH
 
 
 def test_pods_are_restricted(rendered):
@@ -404,15 +674,173 @@ def test_images_are_pinned_and_resources_set(rendered):
                 assert {"cpu", "memory"} <= set(c["resources"][kind]), (variant, c["name"], kind)
 
 
-def test_ray_containers_get_serve_flags_and_the_store_secret(rendered):
+def test_every_container_gets_the_store_secret_and_no_credential_in_plain_text(rendered):
     for variant, docs in rendered.items():
         for c in containers(rayservice(docs)):
             env = {e["name"]: e for e in c["env"]}
-            for key, value in SERVE_FLAGS.items():
-                assert env[key]["value"] == value, (variant, c["name"], key)
             ref = env[STORE_URL_ENV]["valueFrom"]["secretKeyRef"]
-            assert ref == {"name": "govllm-redis", "key": "url"}
+            assert ref == {"name": "govllm-redis", "key": "url"}, (variant, c["name"])
             assert all("value" not in e or "redis" not in str(e["value"]) for e in c["env"])
+
+
+def ray_env_expectations(token_env: str, timeout_s: int, secret: str, key: str) -> dict:
+    """Every Ray container's variables from the generated values and the data-plane Secret."""
+    plain = {**SERVE_FLAGS, "RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER_PATH,
+             HAPROXY_HEADER_TIMEOUT_ENV: str(timeout_s)}
+    expected = {k: {"name": k, "value": v} for k, v in plain.items()}
+    expected[token_env] = {"name": token_env,
+                           "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+    return expected
+
+
+def check_ray_env(rs: dict, expected: dict, where: str) -> None:
+    groups = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert len(ray_containers(rs)) == 1 + len(groups) >= 2, where  # head + every group
+    for c in ray_containers(rs):
+        env = {e["name"]: e for e in c["env"]}
+        assert len(env) == len(c["env"]), (where, c["name"])  # no variable twice
+        for name, entry in expected.items():
+            assert env.get(name) == entry, (where, c["name"], name)
+    inits = init_containers(rs)
+    assert inits, where
+    for c in inits:  # weight staging runs no Ray, no HAProxy and never sees the credential
+        assert not set(expected) & {e["name"] for e in c["env"]}, (where, c["name"])
+
+
+def test_ray_containers_get_serve_flags_haproxy_wrapper_and_the_data_plane_secret(rendered, spec):
+    cluster_spec, _ = spec
+    expected = ray_env_expectations(DATA_PLANE_TOKEN_ENV, cluster_spec.router.request_header_timeout_s,
+                                    DATA_PLANE_SECRET, "token")
+    assert HAPROXY_WRAPPER_PATH == "/opt/govllm/venv/bin/govllm-haproxy"
+    for variant, docs in rendered.items():
+        rs = rayservice(docs)
+        check_ray_env(rs, expected, variant)
+        # the routers read the credential from the variable the containers carry
+        assert router_settings(rs)["data_plane_token_env"] == DATA_PLANE_TOKEN_ENV
+
+
+@pytest.fixture(scope="module")
+def custom_router_plan(tmp_path_factory, spec) -> Path:
+    """The example spec with a non-default header timeout and credential variable."""
+    cluster_spec, spec_dir = spec
+    router = cluster_spec.router.model_copy(update={"request_header_timeout_s": 23,
+                                                    "data_plane_token_env": "GOVLLM_DP_TEST"})
+    custom = cluster_spec.model_copy(update={"router": router})
+    path = tmp_path_factory.mktemp("custom") / "plan.yaml"
+    path.write_text(render_text(helm_values(custom, spec_dir, source="custom.yaml"),
+                                source="custom.yaml"))
+    return path
+
+
+def test_the_specs_router_settings_reach_every_ray_container(custom_router_plan):
+    """Timeout and variable name come from the spec through the generated values, not the chart."""
+    for variant in ("default", "azure"):
+        docs = template(*value_args(custom_router_plan, variant), "--set", "dataPlane.tokenKey=dp",
+                        "--set", "dataPlane.existingSecret=site-dp")
+        rs = rayservice(docs)
+        check_ray_env(rs, ray_env_expectations("GOVLLM_DP_TEST", 23, "site-dp", "dp"), variant)
+        assert router_settings(rs)["data_plane_token_env"] == "GOVLLM_DP_TEST"
+        assert router_settings(rs)["request_header_timeout_s"] == 23
+        names = {e["name"] for c in containers(rs) for e in c["env"]}
+        assert DATA_PLANE_TOKEN_ENV not in names
+
+
+def test_no_data_plane_secret_no_release(plan_file):
+    """Without dataPlane.existingSecret neither template nor install renders, and the message
+    says how to create the Secret. (`helm lint` runs templates in lint mode, where `fail` is
+    only reported: the install is what refuses.)"""
+    for command in (["template", "govllm", str(CHART), "--namespace", "prod-llm"],
+                    ["install", "govllm", str(CHART), "--namespace", "prod-llm",
+                     "--dry-run=client"]):
+        proc = helm(*command, "-f", str(plan_file), check=False)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, command
+        assert "dataPlane.existingSecret is required" in out, out
+        assert ("kubectl -n prod-llm create secret generic govllm-data-plane "
+                "--from-literal=token=$(openssl rand -hex 32)") in out, out
+
+
+def test_a_plan_without_the_data_plane_variable_is_refused(plan_file, tmp_path):
+    """A plan rendered before the credential existed must be rendered again."""
+    values = yaml.safe_load(plan_file.read_text())
+    del values["plan"]["dataPlane"]
+    old = tmp_path / "old-plan.yaml"
+    old.write_text(yaml.safe_dump(values))
+    proc = helm("template", "x", str(CHART), "-f", str(old), *SITE, check=False)
+    assert proc.returncode != 0
+    assert "at '/plan': missing property 'dataPlane'" in proc.stderr, proc.stderr
+
+
+def test_generated_values_carry_the_haproxy_and_credential_settings(spec):
+    cluster_spec, spec_dir = spec
+    values = helm_values(cluster_spec, spec_dir, source="x")
+    assert values["rayService"]["env"] == {
+        **SERVE_FLAGS, "RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER_PATH,
+        HAPROXY_HEADER_TIMEOUT_ENV: str(cluster_spec.router.request_header_timeout_s)}
+    assert values["plan"]["dataPlane"] == {"tokenEnv": cluster_spec.router.data_plane_token_env}
+    clash = cluster_spec.router.model_copy(update={"data_plane_token_env": STORE_URL_ENV})
+    with pytest.raises(ValueError, match="router.data_plane_token_env"):
+        helm_values(cluster_spec.model_copy(update={"router": clash}), spec_dir, source="x")
+
+
+# --- audit spool ---------------------------------------------------------------------------------
+
+SPOOL_CLASSES = {"default": (None, "50Gi"), "aws": ("efs-sc", "50Gi"),
+                 "gcp": ("standard-rwx", "1Ti"), "azure": ("azurefile-csi-nfs", "100Gi"),
+                 "oci": ("oci-fss", "50Gi")}
+
+
+def spool_claims(rs: dict) -> set[str]:
+    """The claim mounted at the spool directory of every Ray pod (one name, checked)."""
+    claims = set()
+    groups = rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    for pod in pod_specs(rs):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (ray,) = pod["containers"]
+        (mount,) = [m for m in ray["volumeMounts"] if m["mountPath"] == AUDIT_SPOOL_DIR]
+        assert not mount.get("readOnly")
+        claims.add(volumes[mount["name"]]["persistentVolumeClaim"]["claimName"])
+        for init in pod.get("initContainers", []):  # staging never touches the records
+            assert mount["name"] not in {m["name"] for m in init["volumeMounts"]}
+    assert len(pod_specs(rs)) == 1 + len(groups)
+    return claims
+
+
+def test_audit_spool_is_one_kept_read_write_many_claim_on_every_ray_pod(rendered):
+    for variant, docs in rendered.items():
+        rs = rayservice(docs)
+        assert yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"][
+            "serving"]["audit"]["spool_dir"] == AUDIT_SPOOL_DIR
+        claims = spool_claims(rs)
+        pvcs = of_kind(docs, "PersistentVolumeClaim")
+        if variant == "sakura":  # the profile names a claim bound to the NFS appliance
+            assert claims == {"govllm-audit-spool"} and pvcs == []
+            continue
+        (pvc,) = pvcs
+        assert claims == {pvc["metadata"]["name"]} == {"govllm-govllm-audit-spool"}
+        assert pvc["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+        assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+        storage_class, size = SPOOL_CLASSES[variant]
+        assert pvc["spec"].get("storageClassName") == storage_class, variant
+        assert pvc["spec"]["resources"]["requests"]["storage"] == size
+
+
+def test_audit_spool_settings(plan_file):
+    docs = template(*value_args(plan_file, "aws"),
+                    "--set", "audit.spool.persistence.existingClaim=records")
+    assert of_kind(docs, "PersistentVolumeClaim") == []
+    assert spool_claims(rayservice(docs)) == {"records"}
+    docs = template(*value_args(plan_file, "default"),
+                    "--set", "audit.spool.persistence.keepOnUninstall=false")
+    (pvc,) = of_kind(docs, "PersistentVolumeClaim")
+    assert "annotations" not in pvc["metadata"]
+    # a spec without audit: no claim, nothing mounted
+    docs = template(*value_args(plan_file, "default"), "--set", "plan.audit.enabled=false")
+    assert of_kind(docs, "PersistentVolumeClaim") == []
+    for pod in pod_specs(rayservice(docs)):
+        assert AUDIT_SPOOL_DIR not in {m["mountPath"] for c in pod["containers"]
+                                       for m in c["volumeMounts"]}
+        assert all("persistentVolumeClaim" not in v for v in pod["volumes"])
 
 
 def test_weights_are_staged_and_verified_before_the_engines(rendered):

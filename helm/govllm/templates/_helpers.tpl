@@ -20,6 +20,13 @@ app.kubernetes.io/name: govllm
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/* The Ray pods of this release (KubeRay labels every Ray pod ray.io/is-ray-node=yes): the
+     only peers allowed to reach Ray's dynamic ports, the model replicas' data planes among them. */}}
+{{- define "govllm.rayPodLabels" -}}
+{{ include "govllm.selectorLabels" . }}
+ray.io/is-ray-node: "yes"
+{{- end }}
+
 {{- define "govllm.labels" -}}
 {{ include "govllm.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -68,12 +75,33 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Environment of every Ray and staging container. */}}
-{{- define "govllm.env" -}}
+{{/* The data-plane credential's Secret: required, and the message says how to create it
+     (`fail`, not `required`, so that `helm lint` fails too). */}}
+{{- define "govllm.dataPlaneSecret" -}}
+{{- if not .Values.dataPlane.existingSecret -}}
+{{- fail (printf "dataPlane.existingSecret is required: model replicas refuse every request without the data-plane credential, which only routers hold. Create the Secret once: `kubectl -n %s create secret generic govllm-data-plane --from-literal=%s=$(openssl rand -hex 32)`, then set dataPlane.existingSecret=govllm-data-plane (docs/operations.md, Install)" .Release.Namespace .Values.dataPlane.tokenKey) -}}
+{{- end -}}
+{{- .Values.dataPlane.existingSecret -}}
+{{- end }}
+
+{{/* Environment of every Ray container (head and every worker group), not of the staging
+     init containers: Ray Serve's flags and the HAProxy wrapper (generated rayService.env),
+     the data-plane credential, then what every container gets. */}}
+{{- define "govllm.rayEnv" -}}
 {{- range $k, $v := .Values.rayService.env }}
 - name: {{ $k }}
   value: {{ $v | quote }}
 {{- end }}
+- name: {{ .Values.plan.dataPlane.tokenEnv }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "govllm.dataPlaneSecret" . }}
+      key: {{ .Values.dataPlane.tokenKey }}
+{{ include "govllm.env" . }}
+{{- end }}
+
+{{/* Environment of every container: the shared store, object storage, offline caches. */}}
+{{- define "govllm.env" -}}
 - name: {{ .Values.plan.store.urlEnv }}
   valueFrom:
     secretKeyRef:
@@ -144,6 +172,28 @@ limits:
     sizeLimit: {{ .Values.sharedMemory.sizeLimit }}
 - name: state
   emptyDir: {}
+{{- end }}
+
+{{/* The audit spool: one ReadWriteMany claim, mounted on every Ray pod because a router
+     replica can run on any of them (its chain directory is its own; any pod's uploader
+     seals and uploads what a dead replica left). Only when the spec enables the audit. */}}
+{{- define "govllm.auditSpoolClaim" -}}
+{{- default (printf "%s-audit-spool" (include "govllm.fullname" .)) .Values.audit.spool.persistence.existingClaim -}}
+{{- end }}
+
+{{- define "govllm.auditSpoolMount" -}}
+{{- if .Values.plan.audit.enabled }}
+- name: audit-spool
+  mountPath: {{ .Values.plan.audit.spoolDir }}
+{{- end }}
+{{- end }}
+
+{{- define "govllm.auditSpoolVolume" -}}
+{{- if .Values.plan.audit.enabled }}
+- name: audit-spool
+  persistentVolumeClaim:
+    claimName: {{ include "govllm.auditSpoolClaim" . }}
+{{- end }}
 {{- end }}
 
 {{/* Node selector of a GPU class: the values' entry, else GPU Feature Discovery's product label. */}}
