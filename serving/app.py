@@ -53,7 +53,8 @@ def build_app(args: dict[str, Any]) -> Application:
             c,
             name_prefix=MODEL_DEPLOYMENT_PREFIX,
             deployment_cls=DataPlaneLLMServer,
-            bind_kwargs={"registry": registry, "data_plane_host": config.router.data_plane_host},
+            bind_kwargs={"registry": registry, "data_plane_host": config.router.data_plane_host,
+                         "data_plane_token_env": config.router.data_plane_token_env},
         )
         for c in llm_configs
     }

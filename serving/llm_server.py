@@ -14,12 +14,22 @@ Because data-plane requests bypass Serve's request accounting, the replica
 reports its own in-flight count as a custom autoscaling metric
 (`record_autoscaling_stats`), which serving/autoscaling.py turns into a
 replica count.
+
+Only routers may use the data plane: every request except the health and
+metrics probes must carry the data-plane credential (the environment
+variable named by `router.data_plane_token_env`, generated per run by
+`govllm serve`, from a Secret on Kubernetes), or it is answered 401 without
+reaching the engine. Authentication, quotas, confidentiality routing and
+the audit trail therefore cannot be bypassed by calling a replica's port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import logging
+import os
 import socket
 from typing import Any
 
@@ -33,17 +43,43 @@ logger = logging.getLogger("govllm.llm_server")
 
 #: Requests that occupy the engine; health and metrics probes do not count as load.
 _GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+#: Probes that reveal nothing and change nothing: answered without the credential.
+_OPEN_PATHS = frozenset({"/health", "/metrics"})
+_DENIED = json.dumps({"error": {
+    "message": "This is a model replica's internal port; send requests to the govllm API instead.",
+    "type": "authentication_error", "param": None, "code": "data_plane_credential_required",
+}}).encode()
 
 
-class _OngoingCounter:
-    """ASGI wrapper counting generation requests currently in the replica."""
+class DataPlaneGate:
+    """ASGI wrapper: the data-plane credential check, and the count of generation requests."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, token: str):
+        if not token:
+            raise ValueError("the data-plane credential is empty")
         self.app = app
+        self._expected = f"Bearer {token}".encode()
         self.ongoing = 0
 
+    def _authorised(self, scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                return hmac.compare_digest(value, self._expected)
+        return False
+
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] not in _GENERATION_PATHS:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path not in _OPEN_PATHS and not self._authorised(scope):
+            await send({"type": "http.response.start", "status": 401,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(_DENIED)).encode()),
+                                    (b"www-authenticate", b"Bearer")]})
+            await send({"type": "http.response.body", "body": _DENIED})
+            return
+        if path not in _GENERATION_PATHS:
             await self.app(scope, receive, send)
             return
         self.ongoing += 1
@@ -72,13 +108,21 @@ class DataPlaneLLMServer(LLMServer):
         registry=None,
         data_plane_host: str = "127.0.0.1",
         data_plane_port: int = 0,
+        data_plane_token_env: str = "GOVLLM_DATA_PLANE_TOKEN",
         **kwargs,
     ):
+        token = os.environ.get(data_plane_token_env, "")
+        if not token:  # refuse to start an open data plane
+            raise RuntimeError(
+                f"{data_plane_token_env} is not set on this node: the data plane needs the router's "
+                "credential (govllm serve generates one per run; on Kubernetes it comes from the "
+                "chart's dataPlane.existingSecret)"
+            )
         await super().__init__(llm_config, **kwargs)
         import uvicorn
 
         app = await self.engine.build_asgi_app()
-        self._counter = _OngoingCounter(app)
+        self._gate = DataPlaneGate(app, token)
         sock = socket.socket(socket.AF_INET6 if ":" in data_plane_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((data_plane_host, data_plane_port))
@@ -87,7 +131,7 @@ class DataPlaneLLMServer(LLMServer):
         self._url = f"http://{advertised_host(data_plane_host)}:{port}"
         self._server = uvicorn.Server(
             uvicorn.Config(
-                self._counter,
+                self._gate,
                 http="httptools",
                 loop="none",
                 lifespan="on",
@@ -113,20 +157,32 @@ class DataPlaneLLMServer(LLMServer):
         logger.info("model %s serves its data plane at %s", self._model_id, self._url)
 
     async def _heartbeat(self) -> None:
+        """Advertise the data plane while the engine is alive; leave the registry when it is not.
+
+        Ray restarts a replica whose engine died only after its own health checks fail
+        (tens of seconds); routers must stop sending to it at once.
+        """
         while True:
             try:
+                await self.engine.check_health()
+            except Exception:
+                logger.error("engine of %s is not healthy; leaving the endpoint registry", self._model_id)
+                try:
+                    await self._registry.deregister.remote(self._replica_id)
+                except Exception:
+                    pass
+                await asyncio.sleep(HEARTBEAT_S)
+                continue
+            try:
                 await self._registry.heartbeat.remote(
-                    self._model_id, self._replica_id, self._url, self._counter.ongoing
+                    self._model_id, self._replica_id, self._url, self._gate.ongoing
                 )
             except Exception as exc:  # the registry restarts; keep beating
                 logger.warning("endpoint registry heartbeat failed: %s", exc)
             await asyncio.sleep(HEARTBEAT_S)
 
-    async def data_plane_url(self) -> str:
-        return self._url
-
     def record_autoscaling_stats(self) -> dict[str, float]:
-        return {ONGOING_METRIC: float(self._counter.ongoing)}
+        return {ONGOING_METRIC: float(self._gate.ongoing)}
 
     async def check_health(self) -> None:
         if self._server_task.done():

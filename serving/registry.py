@@ -6,6 +6,9 @@ deregistering stops receiving traffic within seconds even if the router never
 tried it. The registry holds soft state only: if its own replica restarts, the
 next round of heartbeats rebuilds it, and routers keep their last snapshot
 meanwhile.
+
+Router replicas heartbeat too: each learns how many routers are live, and so
+its share of every model's admission capacity (serving/router/admission.py).
 """
 
 from __future__ import annotations
@@ -38,12 +41,24 @@ class EndpointRegistry:
     def __init__(self, ttl_s: float = TTL_S):
         self._ttl_s = ttl_s
         self._entries: dict[str, _Entry] = {}
+        self._routers: dict[str, float] = {}
 
     async def heartbeat(self, model_id: str, replica_id: str, url: str, ongoing: int = 0) -> None:
         self._entries[replica_id] = _Entry(model_id, replica_id, url, ongoing, time.monotonic())
 
     async def deregister(self, replica_id: str) -> None:
         self._entries.pop(replica_id, None)
+
+    async def router_view(self, router_id: str) -> dict:
+        """A router's heartbeat; answers the live endpoints and how many routers share them."""
+        now = time.monotonic()
+        self._routers[router_id] = now
+        for rid in [r for r, seen in self._routers.items() if now - seen > self._ttl_s]:
+            del self._routers[rid]
+        return {"endpoints": await self.snapshot(), "routers": len(self._routers)}
+
+    async def forget_router(self, router_id: str) -> None:
+        self._routers.pop(router_id, None)
 
     async def snapshot(self) -> dict[str, list[dict]]:
         """Live endpoints per model id."""

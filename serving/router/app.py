@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import time
 import uuid
+from typing import Any
 
 from serving.config import ServingConfig
+from serving.router.admission import Admission
 from serving.router.asgi import (
     ClientDisconnected,
     Receive,
@@ -45,15 +48,25 @@ logger = logging.getLogger("govllm.router")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _GENERATION = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+#: Headers whose meaning would be ambiguous if sent twice (which copy wins differs between hops).
+_SINGLE_HEADERS = frozenset({b"authorization", b"content-type", b"content-length", b"x-confidentiality",
+                             b"x-govllm-usage-type", b"x-request-id", b"transfer-encoding"})
+_JSON_TYPES = frozenset({b"application/json"})
 
 
 class RouterApp:
     """ASGI callable; one instance per router replica.
 
     `extra_steps` run after the model is resolved (confidentiality policy, quota
-    admission); `seal` makes the request's audit record durable before the last
-    bytes of its response; `finishers` run after every request (settlement,
-    access log) and never delay the response.
+    admission); `audit` (serving/audit/trail.py) makes the begin record durable
+    before a prompt is dispatched and the end record before the last bytes of
+    the response (refusals get one complete record); `finishers` run after
+    every request (settlement, access log) and never delay the response.
+
+    Request ids are always assigned here (`x-govllm-request-id` in every
+    response): they key quota reservations, the ledger, the audit trail and
+    feedback, so a client cannot make two requests collide. The client's own
+    `x-request-id` is kept beside it for correlation.
     """
 
     def __init__(
@@ -64,13 +77,21 @@ class RouterApp:
         authenticate: Step,
         finishers: list[Finisher] | None = None,
         extra_steps: list[Step] | None = None,
-        seal: Finisher | None = None,
+        audit: Any = None,
         feedback=None,
+        quota=None,
+        data_plane_token: str | None = None,
     ):
         self.config = config
         self.table = table
-        self._seal = seal
-        self.dispatcher = Dispatcher(table, config.router, before_end=seal or _nothing)
+        self._audit = audit
+        self.admission = Admission(config.models, config.router, table)
+        token = data_plane_token or os.environ.get(config.router.data_plane_token_env, "")
+        self.dispatcher = Dispatcher(
+            table, config.router, self.admission, data_plane_token=token,
+            before_dispatch=audit.begin if audit else _nothing,
+            before_end=audit.end if audit else _nothing,
+        )
         self._authenticate = authenticate
         self._feedback = feedback
         self.generation_steps: list[Step] = [
@@ -80,7 +101,7 @@ class RouterApp:
             *(extra_steps or []),
         ]
         self.finishers: list[Finisher] = finishers if finishers is not None else [AccessLog()]
-        self.quota = None  # set by the deployment; /readyz reports the shared store's state
+        self.quota = quota  # /readyz reports the shared store's state
         self._created = int(time.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -114,39 +135,53 @@ class RouterApp:
                 APIError(404, f"No route {method} {path}. See /v1/models for the API.", code="unknown_route"),
             )
 
-    def _request_id(self, scope: Scope) -> str:
+    @staticmethod
+    def _client_request_id(scope: Scope) -> str | None:
+        """The client's own x-request-id, kept for correlation; never used as a key."""
         given = header(scope, b"x-request-id")
         if given:
             text = given.decode("latin-1")
             if _SAFE_REQUEST_ID.match(text):
                 return text
-        return uuid.uuid4().hex
+        return None
+
+    def _context(self, operation: str, scope: Scope) -> RequestContext:
+        return RequestContext(request_id=uuid.uuid4().hex, operation=operation, scope=scope,
+                              client_request_id=self._client_request_id(scope))
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        settings = self.config.router
+        try:
+            async with asyncio.timeout(settings.request_body_timeout_s):
+                return await read_body(scope, receive, settings.max_body_bytes)
+        except TimeoutError:
+            raise APIError(408, f"The request body did not arrive within "
+                           f"{settings.request_body_timeout_s:g} s.", code="request_timeout") from None
 
     async def _generate(self, operation: str, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = RequestContext(request_id=self._request_id(scope), operation=operation, scope=scope)
+        ctx = self._context(operation, scope)
         try:
-            ctx.raw_body = await read_body(scope, receive, self.config.router.max_body_bytes)
+            _check_headers(scope)
+            ctx.raw_body = await self._read_body(scope, receive)
             for step in self.generation_steps:
                 await step(ctx)
             await self.dispatcher.forward(ctx, send)
         except APIError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             if ctx.first_byte_at is None:
-                if self._seal is not None and exc.code != "audit_unavailable":
+                if self._audit is not None and exc.code != "audit_unavailable":
                     try:
-                        await self._seal(ctx)  # refusals are on the audit trail too
+                        await self._audit.end(ctx)  # refusals are on the audit trail too
                     except APIError as audit_exc:
                         exc = audit_exc
-                await _send_error_quietly(send, exc)
+                await _send_error_quietly(send, exc, ctx)
         except ClientDisconnected:
             ctx.status, ctx.error_code = 499, "client_disconnected"
         except asyncio.CancelledError:
             ctx.status, ctx.error_code = 499, "client_disconnected"
             raise
-        except (OSError, RuntimeError) as exc:
-            # The client vanished mid-stream (send failed) or the replica broke the stream.
-            ctx.status = ctx.status or 502
-            ctx.error_code = type(exc).__name__
+        except OSError:  # the client vanished mid-answer: the next send failed
+            ctx.status, ctx.error_code = 499, "client_disconnected"
         except Exception as exc:
             logger.exception("unexpected error in request %s", ctx.request_id)
             ctx.status, ctx.error_code = 500, "internal_error"
@@ -155,24 +190,28 @@ class RouterApp:
                     send,
                     APIError(500, f"Internal error ({type(exc).__name__}); request id {ctx.request_id}.",
                              code="internal_error"),
+                    ctx,
                 )
         finally:
+            if self._audit is not None and not ctx.audit_closed:
+                self._audit.end_nowait(ctx)  # the client is gone or the request failed oddly
             for finish in self.finishers:
                 await finish(ctx)
 
     async def _rate(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = RequestContext(request_id=self._request_id(scope), operation="feedback", scope=scope)
+        ctx = self._context("feedback", scope)
         try:
-            ctx.raw_body = await read_body(scope, receive, self.config.router.max_body_bytes)
+            _check_headers(scope)
+            ctx.raw_body = await self._read_body(scope, receive)
             await self._authenticate(ctx)
             await send_json(send, 201, await self._feedback(ctx))
         except APIError as exc:
-            await _send_error_quietly(send, exc)
+            await _send_error_quietly(send, exc, ctx)
         except ClientDisconnected:
             pass
 
     async def _models(self, scope: Scope, send: Send) -> None:
-        ctx = RequestContext(request_id=self._request_id(scope), operation="models", scope=scope)
+        ctx = self._context("models", scope)
         try:
             await self._authenticate(ctx)
         except APIError as exc:
@@ -213,7 +252,7 @@ class RouterApp:
         stale_s = time.monotonic() - self.table.refreshed_at
         fresh = stale_s < max(10.0, 5 * self.config.router.registry_refresh_s)
         ready = fresh and all(n > 0 for n in replicas.values())
-        quota = getattr(self, "quota", None)
+        quota = self.quota
         await send_json(
             send,
             200 if ready else 503,
@@ -232,9 +271,28 @@ def _method_not_allowed(path: str, allowed: str) -> APIError:
                     headers={"Allow": allowed})
 
 
-async def _send_error_quietly(send: Send, exc: APIError) -> None:
+def _check_headers(scope: Scope) -> None:
+    """Refuse ambiguous or mistyped requests before reading the body (400/415)."""
+    seen: set[bytes] = set()
+    content_type = None
+    for name, value in scope["headers"]:
+        if name in _SINGLE_HEADERS:
+            if name in seen:
+                raise APIError(400, f"The header {name.decode()} was sent more than once; send it once.",
+                               code="duplicate_header", param=name.decode())
+            seen.add(name)
+            if name == b"content-type":
+                content_type = value
+    if content_type is not None:
+        media = content_type.split(b";", 1)[0].strip().lower()
+        if media not in _JSON_TYPES:
+            raise APIError(415, "Send the request body as JSON with 'Content-Type: application/json' "
+                           f"(got '{media.decode('latin-1')[:64]}').", code="unsupported_media_type")
+
+
+async def _send_error_quietly(send: Send, exc: APIError, ctx: RequestContext) -> None:
     try:
-        await send_error(send, exc)
+        await send_error(send, exc, [(b"x-govllm-request-id", ctx.request_id.encode())])
     except Exception:  # the client is gone; nothing to tell
         pass
 

@@ -7,15 +7,17 @@ across replicas, so no Ray actor call sits between a client and the router.
 
 Each replica assembles the request path from the tenancy parts (key cache,
 OIDC verifier, confidentiality policy, quota ledger, audit trail) and runs
-their background work: endpoint refresh, key-change subscription, JWKS
-refresh, deferred quota settlements, audit writer and uploader threads.
-None of it touches the request path.
+their background work: endpoint refresh (which is also the router's own
+heartbeat), replica health probes, key-change subscription, JWKS refresh,
+deferred quota settlements, audit writer and uploader threads. None of it
+touches the request path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from ray import serve
 
@@ -53,29 +55,38 @@ class Router:
             logger.warning("shared store unreachable at start (%s): API keys load when it answers", exc)
         oidc = OIDCVerifier(cfg.auth.oidc) if cfg.auth.oidc else None
         quota = QuotaLedger(cfg, self._redis, keys, metrics=metrics)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._audit = None
         if cfg.audit is not None:
             from serving.audit.trail import AuditTrail, redis_heads
 
-            replica = serve.get_replica_context().replica_id.unique_id
             self._audit = AuditTrail(
-                cfg.audit, app=cfg.app_name, chain_hint=replica,
+                cfg.audit, app=cfg.app_name, chain_hint=self._replica_id,
                 heads=redis_heads(sync_client(cfg.store), keys.audit_heads), metrics=metrics,
+            )
+        token = os.environ.get(cfg.router.data_plane_token_env)
+        if not token:
+            raise RuntimeError(
+                f"{cfg.router.data_plane_token_env} is not set on this node: model replicas refuse "
+                "requests without the data-plane credential (govllm serve generates one per run; "
+                "on Kubernetes it comes from the chart's dataPlane.existingSecret)"
             )
         self._app = RouterApp(
             cfg,
             table=EndpointTable(),
             authenticate=Authenticate(cfg, keys=self._key_cache, oidc=oidc),
             extra_steps=[ConfidentialityPolicy(), quota],
-            seal=self._audit.seal if self._audit else None,
+            audit=self._audit,
             finishers=[quota.settle, AccessLog()],
             feedback=FeedbackEndpoint(self._redis, keys, audit=self._audit, metrics=metrics),
+            quota=quota,
+            data_plane_token=token,
         )
-        self._app.quota = quota
         await self._refresh_endpoints()
         loop = asyncio.get_running_loop()
         background = [
             self._every(cfg.router.registry_refresh_s, self._refresh_endpoints),
+            self._every(cfg.router.replica_probe_interval_s, self._app.dispatcher.probe_once),
             quota.retry_deferred(),
         ]
         if cfg.auth.enabled:
@@ -88,8 +99,9 @@ class Router:
         return self._app
 
     async def _refresh_endpoints(self) -> None:
-        snapshot = await self._registry.snapshot.remote()
-        self._app.table.update(snapshot)
+        view = await self._registry.router_view.remote(self._replica_id)
+        self._app.table.update(view["endpoints"], routers=view["routers"])
+        self._app.admission.resize()
 
     @staticmethod
     async def _every(interval_s: float, job) -> None:
@@ -108,6 +120,11 @@ class Router:
     async def __del__(self) -> None:
         for task in getattr(self, "_tasks", []):
             task.cancel()
+        if getattr(self, "_registry", None) is not None and getattr(self, "_replica_id", None):
+            try:
+                await self._registry.forget_router.remote(self._replica_id)
+            except Exception:
+                pass
         app = getattr(self, "_app", None)
         if app is not None:
             await app.dispatcher.close()

@@ -1,11 +1,28 @@
 """Forwarding a validated request to a model replica and relaying the answer.
 
-Streams pass through as bytes: the router re-frames them on SSE event
-boundaries (so it never forwards half an event) and inspects only the one
-event that carries `usage`, found with a byte search rather than by parsing
-every chunk. The router always asks the engine for usage so that token
-accounting works for every stream; when the client did not ask for it, that
-event is removed again before it reaches the client.
+Order of events for one request:
+
+1. admission (serving/router/admission.py): a model of the candidates and a
+   slot on it, or 503/429 with Retry-After;
+2. the audit *begin* record is made durable (`before_dispatch`), so a prompt
+   never reaches an engine unrecorded, even if this router dies mid-answer;
+3. attempts: a replica is chosen and sent the request with the data-plane
+   credential (the client's own key never leaves the router). A replica
+   that refuses the connection, answers 5xx while its `/health` fails, or
+   sends nothing within `upstream_first_byte_timeout_s` is ejected (passive
+   health) and the request goes to another replica or the next model of its
+   alias group. Refused connections never reached an engine and are retried
+   freely; an engine failure or timeout is retried once. Nothing has been
+   sent to the client before the first upstream event arrives, so a retry is
+   invisible to it;
+4. relaying: non-streamed bodies whole; streams as bytes, cut on SSE event
+   boundaries (never half an event), with the engine's per-chunk token count
+   read and removed by the StreamMeter (serving/router/metering.py), so
+   billing counts what was delivered. A stream silent for
+   `stream_idle_timeout_s`, cut by the replica or ended by an engine error
+   gets an error event in govllm's vocabulary;
+5. the audit end record is made durable (`before_end`) before the last bytes
+   (the non-streamed body or the stream's `data: [DONE]`).
 
 Disconnects: when the client goes away, Ray Serve cancels this coroutine (or
 the next `send` fails); closing the upstream response then closes the
@@ -14,44 +31,67 @@ connection to the replica, and vLLM aborts the generation.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
 from serving.config import ModelRoute, RouterSettings
+from serving.router.admission import Admission
 from serving.router.asgi import Send
 from serving.router.endpoints import Endpoint, EndpointTable
 from serving.router.errors import APIError
+from serving.router.metering import StreamMeter, upstream_stream_options
 from serving.router.pipeline import RequestContext
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-_USAGE_MARK = b'"choices":[],"usage":{'
 _EVENT_END = b"\n\n"
 _DONE = b"data: [DONE]\n\n"
 _MAX_ERROR_BODY = 64 * 1024
-_CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, ConnectionError)
+_CONNECT_ERRORS = (aiohttp.ClientConnectorError, ConnectionRefusedError)
+_BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+           ConnectionError)
+_HEALTH_TIMEOUT_S = 2.0
+_ENGINE_RETRIES = 1
+
+Hook = Callable[[RequestContext], Awaitable[None]]
 
 
 async def _nothing(ctx: RequestContext) -> None:
     return None
 
 
+class _Failed(Exception):
+    """An attempt failed before anything reached the client; `retry` says whether it may move on."""
+
+    def __init__(self, error: APIError, *, free: bool):
+        super().__init__(error.message)
+        self.error, self.free = error, free
+
+
 class Dispatcher:
     """Forwards to model replicas.
 
-    `before_end` runs after the answer has been produced and before its last
-    bytes (the non-streaming body, or a stream's `data: [DONE]`) are sent: the
-    audit trail uses it to make the record durable first, so a client that saw
-    a complete answer can rely on it being recorded. Tokens never wait for it.
+    `before_dispatch` runs once, after admission and before the first attempt
+    (the audit begin record). `before_end` runs after the answer has been
+    produced and before its last bytes are sent (the audit end record), so a
+    client that saw a complete answer can rely on it being recorded. Tokens
+    never wait for either.
     """
 
-    def __init__(self, table: EndpointTable, settings: RouterSettings, *, before_end=_nothing):
+    def __init__(self, table: EndpointTable, settings: RouterSettings, admission: Admission, *,
+                 data_plane_token: str, before_dispatch: Hook = _nothing, before_end: Hook = _nothing):
         self._table = table
         self._settings = settings
+        self._admission = admission
+        self._before_dispatch = before_dispatch
         self._before_end = before_end
+        self._auth = f"Bearer {data_plane_token}"
         self._session: aiohttp.ClientSession | None = None
+        self.failovers = 0
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -70,111 +110,250 @@ class Dispatcher:
         if self._session is not None:
             await self._session.close()
 
+    # -- health ---------------------------------------------------------------------------------
+    async def healthy(self, ep: Endpoint) -> bool:
+        """Whether the replica's engine answers its health check (vLLM: 503 once the engine died)."""
+        try:
+            async with self._client().get(
+                ep.url + "/health", headers={"Authorization": self._auth},
+                timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT_S),
+            ) as resp:
+                return resp.status == 200
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            return False
+
+    async def probe_once(self) -> None:
+        """Probe every known replica: eject the silent or dead, readmit the recovered."""
+        eps = self._table.endpoints()
+        results = await asyncio.gather(*(self.healthy(ep) for ep in eps))
+        for ep, ok in zip(eps, results, strict=True):
+            if ok and ep.ejected:
+                self._table.readmit(ep)
+            elif not ok and not ep.ejected:
+                self._table.eject(ep, "health probe failed")
+        self._admission.resize()
+
+    # -- forwarding -----------------------------------------------------------------------------
     def _body_for(self, ctx: RequestContext, model: ModelRoute) -> bytes:
-        """The upstream body: the client's bytes unless the model name or usage option must change."""
-        force_usage = ctx.stream and not ctx.client_wants_usage
-        if ctx.requested_model == model.id and not force_usage:
+        """The upstream body: the client's bytes unless the model name or stream options must change.
+
+        Streams always ask the engine for per-chunk usage (billing counts what was delivered);
+        when the client sent no stream options, they are appended to its bytes rather than
+        re-serialising the whole (possibly large) body.
+        """
+        payload = ctx.payload or {}
+        if ctx.requested_model == model.id and not ctx.stream:
             return ctx.raw_body
-        payload = dict(ctx.payload or {})
-        payload["model"] = model.id
-        if force_usage:
-            options = dict(payload.get("stream_options") or {})
-            options["include_usage"] = True
-            payload["stream_options"] = options
-        return json.dumps(payload, ensure_ascii=False).encode()
+        if ctx.requested_model == model.id and "stream_options" not in payload:
+            body = ctx.raw_body.rstrip()
+            return body[:-1] + b',"stream_options":{"include_usage":true,"continuous_usage_stats":true}}'
+        out = dict(payload)
+        out["model"] = model.id
+        if ctx.stream:
+            out["stream_options"] = upstream_stream_options(payload.get("stream_options"))
+        return json.dumps(out, ensure_ascii=False).encode()
 
     async def forward(self, ctx: RequestContext, send: Send) -> None:
-        """Send the request to the first reachable replica of the first available candidate."""
+        """Admit, record the begin, and try replicas until one answers or the request must fail."""
         path = _PATHS[ctx.operation]
-        headers = {"Content-Type": "application/json", "X-Request-Id": ctx.request_id}
+        headers = {"Content-Type": "application/json", "X-Request-Id": ctx.request_id,
+                   "Authorization": self._auth}
+        tenant = ctx.tenant.id if ctx.tenant else "anonymous"
+        excluded_models: set[str] = set()
         tried: set[str] = set()
-        for model in ctx.candidates:
-            body = self._body_for(ctx, model)
-            while (ep := self._table.pick(model.id, exclude=frozenset(tried))) is not None:
-                try:
-                    resp = await self._client().post(ep.url + path, data=body, headers=headers)
-                except _CONNECT_ERRORS:
-                    # Never reached the engine: safe to try another replica or model.
-                    self._table.mark_down(ep)
+        engine_retries = _ENGINE_RETRIES
+        last: APIError | None = None
+        while True:
+            try:
+                model, slot = await self._admission.admit(ctx.candidates, tenant, excluded_models)
+            except APIError as exc:
+                if last is not None and exc.code == "model_unavailable":
+                    raise self._unavailable(ctx, last) from None
+                raise
+            try:
+                if not ctx.audit_begun:
+                    await self._before_dispatch(ctx)
+                body = self._body_for(ctx, model)
+                while (ep := self._table.pick(model.id, exclude=tried)) is not None:
                     tried.add(ep.replica_id)
-                    continue
-                except TimeoutError:
-                    raise APIError(
-                        504, f"Model '{model.id}' did not answer in time.", code="upstream_timeout"
-                    ) from None
-                ctx.model, ctx.upstream = model, ep.url
-                ep.inflight += 1
-                try:
-                    await self._relay(ctx, ep, resp, send)
-                finally:
-                    ep.inflight -= 1
-                    resp.close()  # a no-op after a full read; aborts the engine otherwise
-                return
+                    try:
+                        await self._attempt(ctx, model, ep, path, body, headers, send)
+                        return
+                    except _Failed as failed:
+                        last = failed.error
+                        self.failovers += 1
+                        if not failed.free:
+                            if engine_retries == 0:
+                                raise self._unavailable(ctx, last) from None
+                            engine_retries -= 1
+            finally:
+                slot.release()
+            excluded_models.add(model.id)
+
+    def _unavailable(self, ctx: RequestContext, last: APIError) -> APIError:
         names = ", ".join(m.id for m in ctx.candidates)
-        raise APIError(
-            503,
-            f"No replica of model {names} is ready to take requests right now; retry shortly.",
-            code="model_unavailable",
-            headers={"Retry-After": "5"},
+        retry = min(self._table.retry_after_s(m.id, self._settings.replica_probe_interval_s)
+                    for m in ctx.candidates)
+        return APIError(
+            503 if last.status != 504 else 504,
+            f"Model {names} could not answer ({last.message}); retry after {retry} s.",
+            code="model_unavailable" if last.status != 504 else "upstream_timeout",
+            headers={"Retry-After": str(retry)},
         )
 
-    async def _relay(self, ctx: RequestContext, ep: Endpoint, resp: Any, send: Send) -> None:
-        if resp.status != 200:
-            raw = await resp.content.read(_MAX_ERROR_BODY)
-            raise await self._upstream_error(ctx, ep, resp.status, raw)
-        content_type = resp.headers.get("Content-Type", "application/json")
-        start_headers = [
-            (b"content-type", content_type.encode()),
-            (b"x-govllm-model", ctx.model.id.encode()),
-        ]
-        if not content_type.startswith("text/event-stream"):
-            body = await resp.read()
-            ctx.usage = _usage_of(body)
-            ctx.status = 200
-            ctx.response_body = body
-            await self._before_end(ctx)
-            start_headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": 200, "headers": start_headers})
-            ctx.first_byte_at = time.perf_counter()
-            await send({"type": "http.response.body", "body": body})
-            return
-        start_headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-        await send({"type": "http.response.start", "status": 200, "headers": start_headers})
-        ctx.status = 200
-        pending = done = b""
-        async for data in resp.content.iter_any():
-            pending += data
-            cut = pending.rfind(_EVENT_END)
-            if cut < 0:
-                continue
-            out, pending = pending[: cut + 2], pending[cut + 2 :]
-            if _USAGE_MARK in out:
-                out = self._take_usage(ctx, out)
-            if out.endswith(_DONE):
-                done, out = _DONE, out[: -len(_DONE)]
-            if out:
-                ctx.response_chunks.append(out)
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-                if ctx.first_byte_at is None:
-                    ctx.first_byte_at = time.perf_counter()
-        if pending:
-            ctx.response_chunks.append(pending)
-            await send({"type": "http.response.body", "body": pending, "more_body": True})
-        await self._before_end(ctx)
-        await send({"type": "http.response.body", "body": done, "more_body": False})
-
-    def _take_usage(self, ctx: RequestContext, block: bytes) -> bytes:
-        """Record the usage event's counts; drop the event unless the client asked for usage."""
-        mark = block.find(_USAGE_MARK)
-        start = block.rfind(b"data: ", 0, mark)
-        end = block.find(_EVENT_END, mark) + 2
+    async def _attempt(self, ctx: RequestContext, model: ModelRoute, ep: Endpoint, path: str,
+                       body: bytes, headers: dict[str, str], send: Send) -> None:
+        """One try on one replica; raises _Failed when the request may go elsewhere."""
+        loop = asyncio.get_running_loop()
+        ctx.model, ctx.upstream = model, ep.url
+        ep.inflight += 1
+        resp = None
         try:
-            ctx.usage = json.loads(block[start + 6 : end - 2]).get("usage")
-        except ValueError:
-            return block
-        if ctx.client_wants_usage:
-            return block
-        return block[:start] + block[end:]
+            async with asyncio.timeout(self._settings.upstream_first_byte_timeout_s
+                                       if ctx.stream else None) as deadline:
+                try:
+                    resp = await self._client().post(ep.url + path, data=body, headers=headers)
+                except _CONNECT_ERRORS as exc:
+                    self._table.eject(ep, "connection refused")
+                    ctx.attempts.append(f"{model.id}@{ep.url}: connection refused")
+                    raise _Failed(APIError(503, "connection refused", code="model_unavailable"),
+                                  free=True) from exc
+                except _BROKEN as exc:
+                    self._table.eject(ep, "connection broken")
+                    ctx.attempts.append(f"{model.id}@{ep.url}: connection broken")
+                    raise _Failed(APIError(503, "the replica closed the connection",
+                                           code="model_unavailable"), free=False) from exc
+                if resp.status != 200:
+                    raw = await resp.content.read(_MAX_ERROR_BODY)
+                    ctx.attempts.append(f"{model.id}@{ep.url}: HTTP {resp.status}")
+                    error = await self._upstream_error(ctx, ep, resp.status, raw)
+                    if resp.status >= 500 and not await self.healthy(ep):
+                        self._table.eject(ep, f"engine failed (HTTP {resp.status})")
+                        raise _Failed(error, free=False)
+                    raise error
+                if not ctx.stream:
+                    deadline.reschedule(None)
+                    await self._relay_body(ctx, resp, send)
+                    ctx.attempts.append(f"{model.id}@{ep.url}: ok")
+                    return
+                first = await self._first_events(ctx, resp)
+                deadline.reschedule(None)
+            if first is None:  # the engine failed before its first token: invisible to the client
+                self._table.eject(ep, "engine failed before its first token")
+                ctx.attempts.append(f"{model.id}@{ep.url}: engine failed before the first token")
+                raise _Failed(APIError(503, "the engine failed before answering",
+                                       code="model_unavailable"), free=False)
+            ctx.attempts.append(f"{model.id}@{ep.url}: streaming")
+            await self._relay_stream(ctx, ep, resp, first, send, loop)
+        except TimeoutError:
+            if ctx.first_byte_at is not None:
+                raise
+            if not ctx.stream:  # the whole answer took longer than request_timeout_s: not retried
+                ctx.attempts.append(f"{model.id}@{ep.url}: no answer within "
+                                    f"{self._settings.request_timeout_s:g} s")
+                if not await self.healthy(ep):
+                    self._table.eject(ep, "no answer in time")
+                raise APIError(504, f"Model '{model.id}' did not answer within "
+                               f"{self._settings.request_timeout_s:g} s.", code="upstream_timeout") from None
+            self._table.eject(ep, "no first byte in time")
+            ctx.attempts.append(f"{model.id}@{ep.url}: no first byte within "
+                                f"{self._settings.upstream_first_byte_timeout_s:g} s")
+            raise _Failed(APIError(504, f"model '{model.id}' did not start answering in time",
+                                   code="upstream_timeout"), free=False) from None
+        finally:
+            ep.inflight -= 1
+            if resp is not None:
+                resp.close()  # a no-op after a full read; aborts the engine request otherwise
+
+    async def _first_events(self, ctx: RequestContext, resp: Any) -> bytes | None:
+        """Read up to the first complete SSE event; None when it is an engine error."""
+        pending = b""
+        while _EVENT_END not in pending:
+            data = await resp.content.readany()
+            if not data:
+                break
+            pending += data
+        if not pending or pending.startswith(b'data: {"error"'):
+            return None
+        return pending
+
+    async def _relay_body(self, ctx: RequestContext, resp: Any, send: Send) -> None:
+        body = await resp.read()
+        ctx.usage = _usage_of(body)
+        ctx.status = 200
+        ctx.response_body = body
+        await self._before_end(ctx)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": self._start_headers(ctx, resp.headers.get("Content-Type", "application/json"))
+                    + [(b"content-length", str(len(body)).encode())]})
+        ctx.first_byte_at = time.perf_counter()
+        await send({"type": "http.response.body", "body": body})
+
+    def _start_headers(self, ctx: RequestContext, content_type: str) -> list[tuple[bytes, bytes]]:
+        return [(b"content-type", content_type.encode()), (b"x-govllm-model", ctx.model.id.encode()),
+                (b"x-govllm-request-id", ctx.request_id.encode())]
+
+    async def _relay_stream(self, ctx: RequestContext, ep: Endpoint, resp: Any, first: bytes,
+                            send: Send, loop: asyncio.AbstractEventLoop) -> None:
+        options = (ctx.payload or {}).get("stream_options") or {}
+        meter = StreamMeter(
+            choices_per_prompt=int((ctx.payload or {}).get("n") or 1),
+            keep_chunk_usage=bool(options.get("continuous_usage_stats")) and ctx.client_wants_usage,
+            keep_final_usage=ctx.client_wants_usage,
+        )
+        headers = self._start_headers(ctx, "text/event-stream; charset=utf-8")
+        headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        ctx.status = 200
+        idle = self._settings.stream_idle_timeout_s
+        pending, done, failure = first, b"", None
+        try:
+            async with asyncio.timeout(None) as deadline:
+                while True:
+                    cut = pending.rfind(_EVENT_END)
+                    if cut >= 0:
+                        out, pending = pending[: cut + 2], pending[cut + 2:]
+                        if out.endswith(_DONE):
+                            done, out = _DONE, out[: -len(_DONE)]
+                        out, seen = meter.scan(out)
+                        if out:
+                            await send({"type": "http.response.body", "body": out, "more_body": True})
+                            ctx.response_chunks.append(out)
+                            if ctx.first_byte_at is None:
+                                ctx.first_byte_at = time.perf_counter()
+                        meter.commit(seen)
+                        if done:
+                            break
+                    deadline.reschedule(loop.time() + idle)
+                    data = await resp.content.readany()
+                    deadline.reschedule(None)
+                    if not data:
+                        break
+                    pending += data
+        except TimeoutError:
+            failure = APIError(504, f"The model stopped sending for {idle:g} s; the answer is "
+                               "incomplete.", code="upstream_timeout")
+            self._table.eject(ep, "stream went silent")
+        except _BROKEN:
+            failure = APIError(502, "The model's replica closed the stream; the answer is incomplete.",
+                               code="engine_failed")
+            self._table.eject(ep, "stream broken")
+        finally:
+            ctx.usage = meter.delivered()
+        if failure is None and meter.error is not None:
+            failure = APIError(502, meter.error["message"], code="engine_failed")
+            self._table.eject(ep, "engine failed mid-stream")
+        elif failure is None and not done:
+            failure = APIError(502, "The model's replica ended the stream early; the answer is "
+                               "incomplete.", code="engine_failed")
+        if failure is not None:
+            ctx.status, ctx.error_code = failure.status, failure.code
+            if meter.error is None:  # the engine said nothing: tell the client in its stream
+                event = b"data: " + json.dumps(failure.body(), ensure_ascii=False).encode() + _EVENT_END
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+                ctx.response_chunks.append(event)
+        await self._before_end(ctx)
+        await send({"type": "http.response.body", "body": done or _DONE, "more_body": False})
 
     async def _upstream_error(self, ctx: RequestContext, ep: Endpoint, status: int, raw: bytes) -> APIError:
         """Turn a replica's error into ours: same status and message, OpenAI vocabulary."""
@@ -205,7 +384,8 @@ class Dispatcher:
         else:
             probe["prompt"] = payload.get("prompt")
         try:
-            async with self._client().post(ep.url + "/tokenize", json=probe) as resp:
+            async with self._client().post(ep.url + "/tokenize", json=probe,
+                                           headers={"Authorization": self._auth}) as resp:
                 counted = await resp.json()
             prompt_tokens, limit = int(counted["count"]), int(counted["max_model_len"])
         except Exception:
@@ -222,6 +402,9 @@ class Dispatcher:
 
 def _usage_of(body: bytes) -> dict | None:
     try:
-        return json.loads(body).get("usage")
+        usage = json.loads(body).get("usage")
     except (ValueError, AttributeError):
         return None
+    if not isinstance(usage, dict):
+        return None
+    return {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}

@@ -1,4 +1,4 @@
-"""Which model replica gets a request.
+"""Which model replica gets a request, and which replicas are out of rotation.
 
 The router forwards over plain HTTP to each model replica's own data-plane
 port (see serving/llm_server.py), so it must know the replicas itself. It
@@ -11,10 +11,20 @@ several router replicas route independently.
 "Load" is this router's own in-flight count plus the replica's self-reported
 in-flight count from its last heartbeat (which includes other routers'
 requests), so a replica busy with another router's traffic is avoided too.
+
+Passive health: a replica that refuses a connection, reports its engine
+dead, or does not answer in time is *ejected* at once by the request that
+noticed, without waiting for Ray's own health check (10 s and more) or the
+registry's expiry. An ejected replica receives no requests until a probe of
+its `/health` answers 200 again (`probe_once`, run every
+`router.replica_probe_interval_s`); probes also run on replicas in rotation,
+so a replica that died silently leaves it within a probe interval even when
+no request touches it.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -24,28 +34,30 @@ from dataclasses import dataclass, field
 class Endpoint:
     url: str
     replica_id: str
+    model_id: str = ""
     reported_ongoing: int = 0
     inflight: int = 0
-    down_until: float = 0.0
+    ejected: bool = False
+    ejected_at: float = 0.0
+    reason: str = ""
 
     @property
     def load(self) -> int:
         return self.inflight + self.reported_ongoing
 
-    def usable(self, now: float) -> bool:
-        return now >= self.down_until
-
 
 @dataclass
 class EndpointTable:
-    """Live endpoints per model id, as last seen in the registry."""
+    """Live endpoints per model id, as last seen in the registry, with their ejection state."""
 
     by_model: dict[str, list[Endpoint]] = field(default_factory=dict)
     refreshed_at: float = 0.0
+    routers: int = 1  # live router replicas (they share each model's admission capacity)
     rng: random.Random = field(default_factory=random.Random)
 
-    def update(self, snapshot: dict[str, list[dict]], now: float | None = None) -> None:
-        """Replace the endpoint set, keeping in-flight counts and down marks of known replicas."""
+    def update(self, snapshot: dict[str, list[dict]], now: float | None = None, *,
+               routers: int | None = None) -> None:
+        """Replace the endpoint set, keeping in-flight counts and ejections of known replicas."""
         known = {ep.replica_id: ep for eps in self.by_model.values() for ep in eps}
         fresh: dict[str, list[Endpoint]] = {}
         for model_id, entries in snapshot.items():
@@ -53,20 +65,18 @@ class EndpointTable:
             for entry in entries:
                 ep = known.get(entry["replica_id"])
                 if ep is None or ep.url != entry["url"]:
-                    ep = Endpoint(url=entry["url"], replica_id=entry["replica_id"])
+                    ep = Endpoint(url=entry["url"], replica_id=entry["replica_id"], model_id=model_id)
                 ep.reported_ongoing = int(entry.get("ongoing", 0))
                 eps.append(ep)
             fresh[model_id] = eps
         self.by_model = fresh
+        if routers is not None:
+            self.routers = max(1, routers)
         self.refreshed_at = time.monotonic() if now is None else now
 
-    def pick(self, model_id: str, *, exclude: frozenset[str] = frozenset()) -> Endpoint | None:
-        now = time.monotonic()
-        eps = [
-            ep
-            for ep in self.by_model.get(model_id, ())
-            if ep.usable(now) and ep.replica_id not in exclude
-        ]
+    def pick(self, model_id: str, *, exclude: frozenset[str] | set[str] = frozenset()) -> Endpoint | None:
+        eps = [ep for ep in self.by_model.get(model_id, ())
+               if not ep.ejected and ep.replica_id not in exclude]
         if not eps:
             return None
         if len(eps) == 1:
@@ -74,10 +84,26 @@ class EndpointTable:
         a, b = self.rng.sample(eps, 2)
         return a if a.load <= b.load else b
 
-    def mark_down(self, ep: Endpoint, seconds: float = 5.0) -> None:
-        """Skip a replica that refused a connection until the registry has caught up."""
-        ep.down_until = time.monotonic() + seconds
+    def eject(self, ep: Endpoint, reason: str) -> None:
+        """Take a replica out of rotation until a health probe readmits it."""
+        if not ep.ejected:
+            ep.ejected, ep.ejected_at, ep.reason = True, time.monotonic(), reason
+
+    def readmit(self, ep: Endpoint) -> None:
+        ep.ejected, ep.reason = False, ""
 
     def replica_count(self, model_id: str) -> int:
-        now = time.monotonic()
-        return sum(1 for ep in self.by_model.get(model_id, ()) if ep.usable(now))
+        return sum(1 for ep in self.by_model.get(model_id, ()) if not ep.ejected)
+
+    def endpoints(self) -> list[Endpoint]:
+        return [ep for eps in self.by_model.values() for ep in eps]
+
+    def retry_after_s(self, model_id: str, probe_interval_s: float) -> int:
+        """When a model without a usable replica may have one again: the next probe, at least 1 s.
+
+        Replicas that are gone entirely are restarted by Ray, which takes longer; 5 s is
+        a polite retry interval for those.
+        """
+        if any(ep.ejected for ep in self.by_model.get(model_id, ())):
+            return max(1, math.ceil(probe_interval_s))
+        return 5

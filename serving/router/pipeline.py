@@ -20,6 +20,7 @@ from serving.config import ModelRoute, ServingConfig, TenantSettings, UsageType
 from serving.keys import Principal
 from serving.router.asgi import Scope, header
 from serving.router.errors import APIError
+from serving.router.json_body import parse_object
 from serving.router.schema import ChatCompletionRequest, CompletionRequest, validate
 from serving.tenancy.oidc import TokenRejected, looks_like_jwt
 
@@ -162,14 +163,7 @@ class ParseRequest:
     async def __call__(self, ctx: RequestContext) -> None:
         if not ctx.raw_body:
             raise APIError(400, "Request body is empty; send a JSON object.", code="invalid_request_body")
-        try:
-            payload = json.loads(ctx.raw_body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise APIError(
-                400,
-                f"Request body is not valid JSON: {exc}.",
-                code="invalid_json",
-            ) from None
+        payload = parse_object(ctx.raw_body)
         request = validate(_SCHEMAS[ctx.operation], payload)
         ctx.payload = payload
         ctx.requested_model = request.model

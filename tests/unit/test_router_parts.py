@@ -10,6 +10,7 @@ import pytest
 
 from serving.autoscaling import ONGOING_METRIC, data_plane_policy, desired_replicas
 from serving.config import ModelRoute, RouterSettings, ServingConfig
+from serving.router.admission import Admission
 from serving.router.asgi import read_body
 from serving.router.dispatch import Dispatcher
 from serving.router.endpoints import EndpointTable
@@ -110,30 +111,27 @@ def _events(*payloads):
     return b"".join(b"data: " + (p if isinstance(p, bytes) else json.dumps(p).encode()) + b"\n\n" for p in payloads)
 
 
-def test_usage_event_recorded_and_stripped_unless_requested():
-    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    block = _events({"choices": [{"delta": {"content": "x"}}]}) + b'data: {"id":"1","choices":[],"usage":' + json.dumps(usage).encode() + b"}\n\n" + b"data: [DONE]\n\n"
-    d = Dispatcher(EndpointTable(), RouterSettings())
-    c = ctx()
-    c.client_wants_usage = False
-    out = d._take_usage(c, block)
-    assert c.usage == usage and b'"usage"' not in out and out.endswith(b"data: [DONE]\n\n")
-    assert out.startswith(b'data: {"choices"')
-    c2 = ctx()
-    c2.client_wants_usage = True
-    assert d._take_usage(c2, block) == block and c2.usage == usage
+def dispatcher() -> Dispatcher:
+    table = EndpointTable()
+    return Dispatcher(table, RouterSettings(), Admission(CONFIG.models, RouterSettings(), table),
+                      data_plane_token="t")
 
 
 def test_body_rewritten_only_when_needed():
-    d = Dispatcher(EndpointTable(), RouterSettings())
+    d = dispatcher()
     c = ctx(body=b'{"model":"a","messages":[]}')
     c.payload, c.requested_model = {"model": "a", "messages": []}, "a"
     assert d._body_for(c, CONFIG.models[0]) is c.raw_body
     c.requested_model = "default"
     assert json.loads(d._body_for(c, CONFIG.models[0]))["model"] == "a"
+    # streams always ask for per-chunk usage; without client options the bytes are extended
     c.requested_model, c.stream = "a", True
-    rewritten = json.loads(d._body_for(c, CONFIG.models[0]))
-    assert rewritten["stream_options"] == {"include_usage": True}
+    extended = d._body_for(c, CONFIG.models[0])
+    assert extended.startswith(c.raw_body[:-1])
+    assert json.loads(extended)["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    c.payload = {"model": "a", "messages": [], "stream_options": {"include_usage": False}}
+    assert json.loads(d._body_for(c, CONFIG.models[0]))["stream_options"] == {
+        "include_usage": True, "continuous_usage_stats": True}
 
 
 def test_power_of_two_choices_prefers_less_loaded():
@@ -143,9 +141,14 @@ def test_power_of_two_choices_prefers_less_loaded():
     busy.inflight = 100
     picks = Counter(table.pick("a").replica_id for _ in range(2000))
     assert picks["r0"] == 0 and all(picks[f"r{i}"] > 400 for i in (1, 2, 3))
-    table.mark_down(table.by_model["a"][1])
+    table.eject(table.by_model["a"][1], "test")
     assert all(table.pick("a").replica_id != "r1" for _ in range(200))
     assert table.replica_count("a") == 3 and table.pick("zzz") is None
+    # an ejected replica stays out across registry updates until readmitted
+    table.update({"a": [{"replica_id": f"r{i}", "url": f"http://h:{i}", "ongoing": 0} for i in range(4)]})
+    assert table.replica_count("a") == 3
+    table.readmit(table.by_model["a"][1])
+    assert table.replica_count("a") == 4
     # an update keeps in-flight counts of replicas that are still there
     table.update({"a": [{"replica_id": "r0", "url": "http://h:0", "ongoing": 5}]})
     assert table.by_model["a"][0].inflight == 100 and table.by_model["a"][0].load == 105
