@@ -7,14 +7,23 @@ API keys survive a restart, losing at most the last second of counters after
 a crash (the audit trail, which is the record of truth, is fsynced per
 request). Production clusters use a managed or in-cluster Redis instead
 (`store.url`).
+
+`SupervisedRedis` keeps it running: if the server dies (OOM kill, a crash, an
+operator's mistaken `kill`), it is restarted from its append-only file within
+about a second, so budgeted tenants are not refused (503, fail closed) until
+a person notices.
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
+
+logger = logging.getLogger("govllm.store")
 
 
 def redis_binary() -> Path:
@@ -71,3 +80,39 @@ def stop(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+class SupervisedRedis:
+    """The embedded Redis, restarted whenever it exits while it should be running."""
+
+    def __init__(self, data_dir: Path, port: int, *, check_s: float = 0.5, on_restart=None):
+        self.data_dir, self.port, self._check_s = data_dir, port, check_s
+        self._on_restart = on_restart
+        self.proc = start(data_dir, port)
+        self.restarts = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="govllm-redis-supervisor", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        backoff = self._check_s
+        while not self._stop.wait(backoff):
+            if self.proc.poll() is None:
+                backoff = self._check_s
+                continue
+            code = self.proc.returncode
+            try:
+                self.proc = start(self.data_dir, self.port)
+            except (RuntimeError, OSError) as exc:
+                logger.error("embedded Redis exited (%s) and could not be restarted: %s", code, exc)
+                backoff = min(backoff * 2, 10.0)
+                continue
+            self.restarts += 1
+            logger.warning("embedded Redis exited (%s); restarted on 127.0.0.1:%d", code, self.port)
+            if self._on_restart is not None:
+                self._on_restart(code)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        stop(self.proc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -75,13 +76,29 @@ def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) 
     sdir = state_dir(spec)
     run_dir = sdir / "run"
     runtime_env.apply(runtime_env.serve_environment(run_dir))
+    runtime_env.apply(runtime_env.haproxy_environment(
+        spec.router.request_header_timeout_s,
+        str(Path(sys.executable).with_name(runtime_env.HAPROXY_WRAPPER)),
+    ))
+    if spec.ray.address is None:
+        # The data-plane credential of this run: the local Ray cluster inherits this
+        # process's environment, so routers and model replicas share it and nobody else has it.
+        os.environ[spec.router.data_plane_token_env] = secrets.token_urlsafe(32)
+    elif not os.environ.get(spec.router.data_plane_token_env):
+        console.print(f"[red]{spec.router.data_plane_token_env} is not set[/]: joining an existing Ray "
+                      "cluster needs the data-plane credential its nodes were started with")
+        return 1
     prepare_models(spec)
     args = app_args(spec, spec_dir)
     redis = None
     if spec.store.embedded:
         console.print(f"[govllm] starting the embedded store (Redis) on 127.0.0.1:{spec.store.port}")
         try:
-            redis = embedded_store.start(sdir / "redis", spec.store.port)
+            redis = embedded_store.SupervisedRedis(
+                sdir / "redis", spec.store.port,
+                on_restart=lambda code: console.print(
+                    f"[yellow][govllm] the embedded store exited ({code}); restarted[/]"),
+            )
         except RuntimeError as exc:
             console.print(f"[red]{exc}[/]")
             return 1
@@ -89,7 +106,7 @@ def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) 
         return _serve(spec, sdir, args, ready_timeout_s)
     finally:
         if redis is not None:
-            embedded_store.stop(redis)
+            redis.stop()
 
 
 def _dev_key(spec: ClusterSpec, sdir: Path) -> tuple[Path | None, bool]:
