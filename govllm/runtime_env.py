@@ -45,6 +45,9 @@ def haproxy_environment(header_timeout_s: int, wrapper_path: str) -> dict[str, s
     return {
         "RAY_SERVE_HAPROXY_BINARY_PATH": wrapper_path,
         HAPROXY_HEADER_TIMEOUT_ENV: str(int(header_timeout_s)),
+        # Health-check router replicas every second (Ray's default: 5 s), so a router that
+        # hangs (SIGSTOP, a wedged event loop) leaves HAProxy's rotation within ~1.5 s.
+        "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s",
     }
 
 

@@ -95,7 +95,13 @@ class RouterSettings(_Strict):
     )
     replica_probe_interval_s: float = Field(
         default=1.0, gt=0,
-        description="How often a replica taken out of rotation is probed (GET /health) for its return.",
+        description="How often every known replica is probed (GET /health): a failed probe takes "
+        "it out of rotation, a passing one readmits it after its ejection time.",
+    )
+    replica_eject_s: float = Field(
+        default=5.0, gt=0,
+        description="Shortest time a failed replica stays out of rotation; doubles with each "
+        "ejection in a row (up to 12x), so a replica that keeps failing is not retried often.",
     )
     max_queue_wait_s: float = Field(
         default=30.0, gt=0,

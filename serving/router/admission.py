@@ -193,8 +193,7 @@ class Admission:
 
     def _unavailable(self, candidates: Sequence[ModelRoute], exclude: set[str]) -> APIError:
         names = ", ".join(m.id for m in candidates)
-        retry = min(self._table.retry_after_s(m.id, self._settings.replica_probe_interval_s)
-                    for m in candidates)
+        retry = min(self._table.retry_after_s(m.id) for m in candidates)
         return APIError(
             503,
             f"No replica of model {names} is ready to take requests right now; retry after {retry} s.",

@@ -85,6 +85,7 @@ class RouterApp:
         self.config = config
         self.table = table
         self._audit = audit
+        table.eject_s = config.router.replica_eject_s
         self.admission = Admission(config.models, config.router, table)
         token = data_plane_token or os.environ.get(config.router.data_plane_token_env, "")
         self.dispatcher = Dispatcher(

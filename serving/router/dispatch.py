@@ -127,7 +127,7 @@ class Dispatcher:
         eps = self._table.endpoints()
         results = await asyncio.gather(*(self.healthy(ep) for ep in eps))
         for ep, ok in zip(eps, results, strict=True):
-            if ok and ep.ejected:
+            if ok and self._table.may_readmit(ep):
                 self._table.readmit(ep)
             elif not ok and not ep.ejected:
                 self._table.eject(ep, "health probe failed")
@@ -192,8 +192,7 @@ class Dispatcher:
 
     def _unavailable(self, ctx: RequestContext, last: APIError) -> APIError:
         names = ", ".join(m.id for m in ctx.candidates)
-        retry = min(self._table.retry_after_s(m.id, self._settings.replica_probe_interval_s)
-                    for m in ctx.candidates)
+        retry = min(self._table.retry_after_s(m.id) for m in ctx.candidates)
         return APIError(
             503 if last.status != 504 else 504,
             f"Model {names} could not answer ({last.message}); retry after {retry} s.",
@@ -235,6 +234,7 @@ class Dispatcher:
                     deadline.reschedule(None)
                     await self._relay_body(ctx, resp, send)
                     ctx.attempts.append(f"{model.id}@{ep.url}: ok")
+                    self._table.succeeded(ep)
                     return
                 first = await self._first_events(ctx, resp)
                 deadline.reschedule(None)
@@ -244,6 +244,7 @@ class Dispatcher:
                 raise _Failed(APIError(503, "the engine failed before answering",
                                        code="model_unavailable"), free=False)
             ctx.attempts.append(f"{model.id}@{ep.url}: streaming")
+            self._table.succeeded(ep)
             await self._relay_stream(ctx, ep, resp, first, send, loop)
         except TimeoutError:
             if ctx.first_byte_at is not None:

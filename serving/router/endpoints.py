@@ -15,9 +15,12 @@ requests), so a replica busy with another router's traffic is avoided too.
 Passive health: a replica that refuses a connection, reports its engine
 dead, or does not answer in time is *ejected* at once by the request that
 noticed, without waiting for Ray's own health check (10 s and more) or the
-registry's expiry. An ejected replica receives no requests until a probe of
-its `/health` answers 200 again (`probe_once`, run every
-`router.replica_probe_interval_s`); probes also run on replicas in rotation,
+registry's expiry. An ejected replica receives no requests for
+`router.replica_eject_s` (doubling with each consecutive ejection, as in
+Envoy's outlier detection, so a replica whose health check passes but whose
+engine hangs is not readmitted every second), and then only once a probe of
+its `/health` answers 200 (`Dispatcher.probe_once`, every
+`router.replica_probe_interval_s`). Probes also run on replicas in rotation,
 so a replica that died silently leaves it within a probe interval even when
 no request touches it.
 """
@@ -29,6 +32,8 @@ import random
 import time
 from dataclasses import dataclass, field
 
+_MAX_EJECT_FACTOR = 12
+
 
 @dataclass
 class Endpoint:
@@ -38,7 +43,8 @@ class Endpoint:
     reported_ongoing: int = 0
     inflight: int = 0
     ejected: bool = False
-    ejected_at: float = 0.0
+    ejected_until: float = 0.0
+    ejections: int = 0  # in a row; reset by a request that succeeds
     reason: str = ""
 
     @property
@@ -54,6 +60,7 @@ class EndpointTable:
     refreshed_at: float = 0.0
     routers: int = 1  # live router replicas (they share each model's admission capacity)
     rng: random.Random = field(default_factory=random.Random)
+    eject_s: float = 5.0
 
     def update(self, snapshot: dict[str, list[dict]], now: float | None = None, *,
                routers: int | None = None) -> None:
@@ -85,12 +92,23 @@ class EndpointTable:
         return a if a.load <= b.load else b
 
     def eject(self, ep: Endpoint, reason: str) -> None:
-        """Take a replica out of rotation until a health probe readmits it."""
-        if not ep.ejected:
-            ep.ejected, ep.ejected_at, ep.reason = True, time.monotonic(), reason
+        """Take a replica out of rotation; a health probe may readmit it after its ejection time."""
+        if ep.ejected:
+            return
+        ep.ejections += 1
+        hold = self.eject_s * min(2 ** (ep.ejections - 1), _MAX_EJECT_FACTOR)
+        ep.ejected, ep.ejected_until, ep.reason = True, time.monotonic() + hold, reason
+
+    def may_readmit(self, ep: Endpoint, now: float | None = None) -> bool:
+        return ep.ejected and (time.monotonic() if now is None else now) >= ep.ejected_until
 
     def readmit(self, ep: Endpoint) -> None:
         ep.ejected, ep.reason = False, ""
+
+    @staticmethod
+    def succeeded(ep: Endpoint) -> None:
+        """A request was answered: the replica's ejection history starts over."""
+        ep.ejections = 0
 
     def replica_count(self, model_id: str) -> int:
         return sum(1 for ep in self.by_model.get(model_id, ()) if not ep.ejected)
@@ -98,12 +116,13 @@ class EndpointTable:
     def endpoints(self) -> list[Endpoint]:
         return [ep for eps in self.by_model.values() for ep in eps]
 
-    def retry_after_s(self, model_id: str, probe_interval_s: float) -> int:
-        """When a model without a usable replica may have one again: the next probe, at least 1 s.
+    def retry_after_s(self, model_id: str) -> int:
+        """When a model without a usable replica may have one again, at least 1 s.
 
-        Replicas that are gone entirely are restarted by Ray, which takes longer; 5 s is
-        a polite retry interval for those.
+        An ejected replica may return when its ejection time is over; replicas that are
+        gone entirely are restarted by Ray, which takes longer: 5 s is a polite interval.
         """
-        if any(ep.ejected for ep in self.by_model.get(model_id, ())):
-            return max(1, math.ceil(probe_interval_s))
+        ejected = [ep.ejected_until for ep in self.by_model.get(model_id, ()) if ep.ejected]
+        if ejected:
+            return max(1, math.ceil(min(ejected) - time.monotonic()))
         return 5

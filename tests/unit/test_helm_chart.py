@@ -776,7 +776,8 @@ def test_generated_values_carry_the_haproxy_and_credential_settings(spec):
     values = helm_values(cluster_spec, spec_dir, source="x")
     assert values["rayService"]["env"] == {
         **SERVE_FLAGS, "RAY_SERVE_HAPROXY_BINARY_PATH": HAPROXY_WRAPPER_PATH,
-        HAPROXY_HEADER_TIMEOUT_ENV: str(cluster_spec.router.request_header_timeout_s)}
+        HAPROXY_HEADER_TIMEOUT_ENV: str(cluster_spec.router.request_header_timeout_s),
+        "RAY_SERVE_HAPROXY_HEALTH_CHECK_INTER": "1s"}
     assert values["plan"]["dataPlane"] == {"tokenEnv": cluster_spec.router.data_plane_token_env}
     clash = cluster_spec.router.model_copy(update={"data_plane_token_env": STORE_URL_ENV})
     with pytest.raises(ValueError, match="router.data_plane_token_env"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import Counter
 
 import pytest
@@ -147,8 +148,19 @@ def test_power_of_two_choices_prefers_less_loaded():
     # an ejected replica stays out across registry updates until readmitted
     table.update({"a": [{"replica_id": f"r{i}", "url": f"http://h:{i}", "ongoing": 0} for i in range(4)]})
     assert table.replica_count("a") == 3
-    table.readmit(table.by_model["a"][1])
+    ejected = table.by_model["a"][1]
+    assert not table.may_readmit(ejected)  # not before its ejection time
+    assert table.may_readmit(ejected, now=ejected.ejected_until)
+    table.readmit(ejected)
     assert table.replica_count("a") == 4
+    # ejection time doubles while a replica keeps failing, and starts over after a success
+    before = time.monotonic()
+    table.eject(ejected, "again")
+    hold = ejected.ejected_until - before
+    assert ejected.ejections == 2 and 2 * table.eject_s <= hold < 2 * table.eject_s + 1
+    table.readmit(ejected)
+    table.succeeded(ejected)
+    assert ejected.ejections == 0
     # an update keeps in-flight counts of replicas that are still there
     table.update({"a": [{"replica_id": "r0", "url": "http://h:0", "ongoing": 5}]})
     assert table.by_model["a"][0].inflight == 100 and table.by_model["a"][0].load == 105
