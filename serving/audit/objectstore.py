@@ -1,7 +1,8 @@
 """Where sealed audit segments go: S3 (production) or a local directory (embedded default).
 
 Object keys: <prefix>/<YYYY>/<MM>/<DD>/<chain>/<segment>.gvaudit, dated in
-Asia/Tokyo by the segment's creation, so an auditor's day maps to a prefix.
+Asia/Tokyo by the segment's creation, so an auditor's day maps to a prefix;
+each chain's manifest (its head, see manifest.py) is <prefix>/chains/<chain>.json.
 S3 objects are written with SSE-KMS on top of the records' own envelope
 encryption, in the configured (Japanese) region.
 """
@@ -21,8 +22,17 @@ TOKYO = ZoneInfo("Asia/Tokyo")
 SUFFIX = ".gvaudit"
 
 
+def segment_day(created: float) -> str:
+    """The day (Asia/Tokyo, "YYYY/MM/DD") under which a segment created then is stored."""
+    return datetime.fromtimestamp(created, TOKYO).strftime("%Y/%m/%d")
+
+
 def object_key(prefix: str, created: float, chain: str, segment_no: int) -> str:
-    day = datetime.fromtimestamp(created, TOKYO).strftime("%Y/%m/%d")
+    return day_key(prefix, segment_day(created), chain, segment_no)
+
+
+def day_key(prefix: str, day: str, chain: str, segment_no: int) -> str:
+    """The key of a segment stored under `day` ("YYYY/MM/DD")."""
     return f"{prefix.strip('/')}/{day}/{chain}/{segment_no:010d}{SUFFIX}"
 
 
@@ -30,11 +40,23 @@ def day_prefix(prefix: str, day: datetime) -> str:
     return f"{prefix.strip('/')}/{day.strftime('%Y/%m/%d')}/"
 
 
+def parse_key(key: str) -> tuple[str, str, int] | None:
+    """(day "YYYY/MM/DD", chain, segment number) of a segment key; None for anything else."""
+    parts = key.rsplit("/", 5)
+    if len(parts) != 6 or not parts[5].endswith(SUFFIX):
+        return None
+    try:
+        return "/".join(parts[1:4]), parts[4], int(parts[5][: -len(SUFFIX)])
+    except ValueError:
+        return None
+
+
 class ObjectStore(Protocol):
     prefix: str
 
     def put(self, key: str, data: bytes, metadata: dict[str, str]) -> None: ...
     def get(self, key: str) -> bytes: ...
+    def get_if_exists(self, key: str) -> bytes | None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, key: str) -> None: ...
 
@@ -57,11 +79,18 @@ class DirectoryStore:
     def get(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
 
+    def get_if_exists(self, key: str) -> bytes | None:
+        try:
+            return self.get(key)
+        except FileNotFoundError:
+            return None
+
     def list(self, prefix: str) -> Iterator[str]:
         base = self.root / prefix
         if not base.exists():
             return iter(())
-        return iter(sorted(str(p.relative_to(self.root)) for p in base.rglob(f"*{SUFFIX}")))
+        return iter(sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
+                           if p.is_file() and p.suffix != ".tmp"))
 
     def delete(self, key: str) -> None:
         (self.root / key).unlink()
@@ -90,6 +119,16 @@ class S3Store:
 
     def get(self, key: str) -> bytes:
         return self._s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+
+    def get_if_exists(self, key: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.get(key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
 
     def list(self, prefix: str) -> Iterator[str]:
         paginator = self._s3.get_paginator("list_objects_v2")

@@ -1,31 +1,40 @@
-"""What one audit record holds, and how a streamed answer is assembled into it.
+"""What the audit records of a request hold, captured cheaply and completed on the writer thread.
 
-The router captures raw material on the request path (the parsed request,
-the response bytes as they were forwarded) and defers all parsing to the
-audit writer thread: assembling a streamed answer means decoding every SSE
-event, which must not cost the token stream anything.
+A request that reaches an engine leaves two records: a *begin* record,
+durable before the prompt is dispatched (who asked what, under which
+policy), and an *end* record when it finishes (outcome, model actually
+used, usage, timings, the answer). A router killed mid-stream therefore
+still leaves the request on the trail, visible as a begin without an end.
+A request refused before dispatch leaves one complete *request* record
+(both halves in one).
+
+Capture runs on the request path, so it only takes references (the parsed
+payload, the raw body, the forwarded response bytes); `finish()` derives the
+prompt, the parameters and the assembled answer on the writer thread. Keys
+starting with "_" are that raw material and never reach the trail.
 """
 
 from __future__ import annotations
 
-import json
+import base64
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from serving.router.pipeline import RequestContext
+from serving.audit.assemble import assemble_body, assemble_stream
 
-RECORD_VERSION = 1
+if TYPE_CHECKING:
+    from serving.router.pipeline import RequestContext
+
+RECORD_VERSION = 2
+_MISSING = object()
 
 
-def capture(ctx: RequestContext) -> dict[str, Any]:
-    """The record's fields as known when the request ends (cheap: references, no parsing)."""
-    now = time.perf_counter()
+def _who_and_what(ctx: RequestContext) -> dict[str, Any]:
     principal = ctx.principal
-    payload = ctx.payload or {}
     return {
         "version": RECORD_VERSION,
-        "type": "request",
         "request_id": ctx.request_id,
+        "client_request_id": ctx.client_request_id,
         "time": ctx.wall_time,
         "tenant": principal.tenant if principal else None,
         "user": principal.user if principal else None,
@@ -33,82 +42,107 @@ def capture(ctx: RequestContext) -> dict[str, Any]:
         "credential_id": principal.credential_id if principal else None,
         "operation": ctx.operation,
         "requested_model": ctx.requested_model,
-        "model_id": ctx.model.id if ctx.model else None,
-        "model_revision": ctx.model.revision if ctx.model else None,
         "confidentiality": ctx.confidentiality,
         "usage_type": ctx.usage_type or (ctx.tenant.usage_type if ctx.tenant else None),
+        "client": ctx.client,
+        "stream": ctx.stream,
+        "training_use": "prohibited",
+        "_candidates": ctx.candidates,
+        "_payload": ctx.payload,
+        "_raw_body": ctx.raw_body,
+    }
+
+
+def _outcome(ctx: RequestContext) -> dict[str, Any]:
+    now = time.perf_counter()
+    model = ctx.model
+    return {
         "status": ctx.status,
         "error_code": ctx.error_code,
-        "client": ctx.client,
+        "model_id": model.id if model else None,
+        "model_revision": model.revision if model else None,
+        "upstream": ctx.upstream,
+        "attempts": list(ctx.attempts),
+        "usage": dict(ctx.usage) if ctx.usage else ctx.usage,
         "timings_ms": {
             "first_byte": round(1000 * (ctx.first_byte_at - ctx.started_at), 3) if ctx.first_byte_at else None,
             "total": round(1000 * (now - ctx.started_at), 3),
         },
-        "usage": ctx.usage,
-        "stream": ctx.stream,
-        "prompt": payload.get("messages") if ctx.operation == "chat" else payload.get("prompt"),
-        "parameters": {k: v for k, v in payload.items() if k not in ("messages", "prompt")},
-        "training_use": "prohibited",
-        # raw material, replaced by "output" in finish()
-        "_response": (ctx.response_chunks, ctx.response_body),
+        # a snapshot of the list: a cancelled relay may still hold a reference to it
+        "_response": (tuple(ctx.response_chunks), ctx.response_body),
     }
 
 
-def finish(record: dict[str, Any]) -> dict[str, Any]:
-    """Turn captured response bytes into the assembled output (runs on the writer thread)."""
-    chunks, body = record.pop("_response", (None, None))
-    if "output" in record:
-        return record
-    if chunks:
-        record["output"] = assemble_stream(b"".join(chunks), record.get("operation"))
-    elif body:
-        record["output"] = assemble_body(body, record.get("operation"))
-    else:
-        record["output"] = None
+def capture_begin(ctx: RequestContext) -> dict[str, Any]:
+    """The begin record: who asks what, made durable before the prompt goes to an engine."""
+    record = _who_and_what(ctx)
+    record["type"] = "begin"
     return record
 
 
-def _texts(choices: list[dict], operation: str | None) -> list[dict]:
-    out = []
-    for c in choices:
-        if operation == "chat":
-            msg = c.get("message") or {}
-            out.append({"index": c.get("index", 0), "text": msg.get("content") or "",
-                        "tool_calls": msg.get("tool_calls"), "finish_reason": c.get("finish_reason")})
-        else:
-            out.append({"index": c.get("index", 0), "text": c.get("text") or "",
-                        "finish_reason": c.get("finish_reason")})
-    return out
+def capture_end(ctx: RequestContext) -> dict[str, Any]:
+    """The end record of a begun request: its outcome and the answer as forwarded."""
+    principal = ctx.principal
+    return {
+        "version": RECORD_VERSION,
+        "type": "end",
+        "request_id": ctx.request_id,
+        "time": time.time(),
+        "tenant": principal.tenant if principal else None,
+        "operation": ctx.operation,
+        "training_use": "prohibited",
+        **_outcome(ctx),
+    }
 
 
-def assemble_body(body: bytes, operation: str | None) -> list[dict] | None:
+def capture_request(ctx: RequestContext) -> dict[str, Any]:
+    """The single complete record of a request that never began (refused before dispatch)."""
+    record = _who_and_what(ctx)
+    record["type"] = "request"
+    record["end_time"] = time.time()
+    record.update(_outcome(ctx))
+    return record
+
+
+def finish(record: dict[str, Any]) -> dict[str, Any]:
+    """Derive prompt, parameters and output from the raw material (runs on the writer thread)."""
+    record.pop("_raw_body", None)
+    candidates = record.pop("_candidates", _MISSING)
+    if candidates is not _MISSING:
+        record["candidates"] = [m.id for m in candidates or ()]
+    payload = record.pop("_payload", _MISSING)
+    if payload is not _MISSING:
+        payload = payload if isinstance(payload, dict) else {}
+        key = "messages" if record.get("operation") == "chat" else "prompt"
+        record["prompt"] = payload.get(key)
+        record["parameters"] = {k: v for k, v in payload.items() if k not in ("messages", "prompt")}
+    response = record.pop("_response", _MISSING)
+    if response is not _MISSING and "output" not in record:
+        chunks, body = response
+        output, errors = None, []
+        if chunks:
+            output, errors = assemble_stream(b"".join(chunks), record.get("operation"))
+        elif body:
+            output, errors = assemble_body(body, record.get("operation"))
+        record["output"] = output
+        record["output_errors"] = errors or None
+    return record
+
+
+def raw_material(record: dict[str, Any]) -> dict[str, str]:
+    """The request and response bytes of a record, for a substitute that must stay lossless."""
+    out = {}
+    body = record.get("_raw_body")
+    if isinstance(body, bytes | bytearray | memoryview) and body:
+        out["raw_body_b64"] = base64.b64encode(bytes(body)).decode()
     try:
-        return _texts(json.loads(body).get("choices") or [], operation)
-    except (ValueError, AttributeError):
-        return [{"index": 0, "text": body.decode("utf-8", "replace"), "finish_reason": None}]
-
-
-def assemble_stream(raw: bytes, operation: str | None) -> list[dict]:
-    """Concatenate the deltas of every choice of an SSE stream."""
-    texts: dict[int, list[str]] = {}
-    finish_reasons: dict[int, str | None] = {}
-    for event in raw.split(b"\n\n"):
-        if not event.startswith(b"data: ") or event == b"data: [DONE]":
-            continue
-        try:
-            chunk = json.loads(event[6:])
-        except ValueError:
-            continue
-        for c in chunk.get("choices") or []:
-            i = c.get("index", 0)
-            piece = (c.get("delta") or {}).get("content") if operation == "chat" else c.get("text")
-            texts.setdefault(i, []).append(piece or "")
-            if c.get("finish_reason"):
-                finish_reasons[i] = c["finish_reason"]
-    return [
-        {"index": i, "text": "".join(parts), "finish_reason": finish_reasons.get(i)}
-        for i, parts in sorted(texts.items())
-    ]
+        chunks, answer = record.get("_response") or ((), None)
+        data = b"".join(chunks) if chunks else bytes(answer or b"")
+    except (TypeError, ValueError):
+        data = b""
+    if data:
+        out["response_b64"] = base64.b64encode(data).decode()
+    return out
 
 
 def feedback_record(*, request_id: str, tenant: str, user: str, model_id: str, rating: int,

@@ -15,13 +15,39 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 import struct
+import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from datetime import UTC, datetime
+from typing import Any
 
 MAGIC = b"GVAUDIT1"
 _LEN = struct.Struct(">I")
 GENESIS = "0" * 64  # prev_digest of a chain's first record
+
+
+_CHAIN_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def new_chain_id(hint: str = "") -> str:
+    """A chain id that starts with its creation time (UTC), so a verifier knows where it begins.
+
+    From the creation time alone `govllm audit verify` can tell that a chain created inside
+    the checked range must start there with segment 0, and how far back to look for the
+    predecessor of a chain's first segment in the range.
+    """
+    stamp = time.strftime(_CHAIN_STAMP, time.gmtime(time.time()))
+    safe = "".join(c for c in hint if (c.isascii() and c.isalnum()) or c in "-_")[:40]
+    return f"{stamp}-{safe + '-' if safe else ''}{secrets.token_hex(4)}"
+
+
+def chain_created(chain: str) -> float | None:
+    """The creation time of a chain named by `new_chain_id`, or None for any other name."""
+    try:
+        return datetime.strptime(chain[:16], _CHAIN_STAMP).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
 
 
 class SegmentCorrupt(ValueError):
@@ -42,7 +68,13 @@ class SegmentHeader:
 
 
 def canonical(record: dict[str, Any]) -> bytes:
-    return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    """The record's bytes as chained and encrypted: sorted keys, UTF-8, strict JSON.
+
+    Strict: NaN and infinities raise (other JSON readers reject them), and so do lone
+    surrogates (not encodable as UTF-8); the writer stores such records as substitutes.
+    """
+    return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode()
 
 
 def digest(record_bytes: bytes) -> str:
@@ -53,13 +85,14 @@ def aad(chain: str, segment: int, index: int) -> bytes:
     return f"{chain}|{segment}|{index}".encode()
 
 
-def write_header(f: BinaryIO, header: SegmentHeader) -> None:
+def framed(frame: bytes) -> bytes:
+    """A frame with its length prefix, as it is appended to a segment."""
+    return _LEN.pack(len(frame)) + frame
+
+
+def header_bytes(header: SegmentHeader) -> bytes:
     body = header.to_json()
-    f.write(MAGIC + _LEN.pack(len(body)) + body)
-
-
-def write_frame(f: BinaryIO, frame: bytes) -> None:
-    f.write(_LEN.pack(len(frame)) + frame)
+    return MAGIC + _LEN.pack(len(body)) + body
 
 
 def read(data: bytes) -> tuple[SegmentHeader, list[bytes], bool]:

@@ -23,25 +23,19 @@ import json
 import logging
 import os
 import queue
-import secrets
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from serving.audit import crypto, segment
-from serving.audit.record import finish
+from serving.audit.encode import encode
+from serving.audit.segment import new_chain_id
 
 logger = logging.getLogger("govllm.audit")
 
 _BATCH = 512
 KEY_RETRY_S = 30.0  # after a failed data-key request, keep the segment open this long
-
-
-def new_chain_id(hint: str = "") -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    safe = "".join(c for c in hint if c.isalnum() or c in "-_")[:40]
-    return f"{stamp}-{safe + '-' if safe else ''}{secrets.token_hex(4)}"
 
 
 def _fsync_dir(path: Path) -> None:
@@ -63,7 +57,21 @@ def seal(open_path: Path, *, last_seq: int, last_digest: str, count: int) -> Pat
     return sealed
 
 
+class SpoolClosed(RuntimeError):
+    """The spool's writer has stopped; nothing more can be recorded through it."""
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> int:
+    """Write everything at `offset` (positional: a rolled-back file never gets a hole)."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:] if done else data, offset + done)
+    return offset + done
+
+
 class AuditSpool:
+    """The replica's writer thread and its chain; see the module docstring."""
+
     def __init__(
         self,
         spool_dir: Path,
@@ -84,17 +92,24 @@ class AuditSpool:
         self._max_records = batch_max_records
         self._max_s = batch_max_s
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        # chain state of the next record
         self._seq = 0
         self._prev = segment.GENESIS
+        # the open segment: its fd, frames not yet written, and the last fsynced state
         self._segment_no = -1
-        self._file = None
+        self._fd: int | None = None
         self._path: Path | None = None
         self._count = 0
+        self._pending: list[bytes] = []  # framed records not yet written
+        self._synced: tuple[int, int, str, int] = (0, 0, segment.GENESIS, 0)  # offset, seq, prev, count
+        self._durable_seq = 0  # every record below this sequence number is fsynced
+        self._broken = False  # a rollback could not truncate: repair before writing again
         self._opened_at = 0.0
         self._data_key = b""
         self._next_key: tuple[bytes, dict] | None = None
         self._key_retry_at = 0.0
         self._stop = threading.Event()
+        self._closed = False
         self.written = 0
         self._thread = threading.Thread(target=self._run, name="govllm-audit-writer", daemon=True)
         self._thread.start()
@@ -104,12 +119,19 @@ class AuditSpool:
         """Queue a record; the future resolves once it is on disk (or fails if it cannot be)."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
+        if self._closed:
+            fut.set_exception(SpoolClosed("the audit spool is closed"))
+            return fut
         self._q.put((record, fut, loop))
+        if self._closed:  # the writer stopped between the check and the put
+            self._drain()
         return fut
 
     def append_nowait(self, record: dict[str, Any]) -> None:
-        """Queue a record nobody waits for (used off the event loop, e.g. in tests)."""
+        """Queue a record nobody waits for (a client that is gone, shutdown paths); never blocks."""
         self._q.put((record, None, None))
+        if self._closed:
+            self._drain()
 
     # -- writer thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -123,12 +145,22 @@ class AuditSpool:
                 pass
             if batch:
                 self._write(batch)
-            if self._file is not None and time.monotonic() - self._opened_at >= self._max_s:
-                self._rotate()
+            if self._fd is not None and time.monotonic() - self._opened_at >= self._max_s:
+                self._guarded(self._rotate)
             if self._stop.is_set() and self._q.empty():
-                if self._file is not None:
-                    self._seal()
+                if self._fd is not None:
+                    self._guarded(self._seal)
+                self._closed = True
+                self._drain()
                 return
+
+    def _guarded(self, step) -> None:
+        """Rotation off the write path: a failure is logged and retried, the thread lives on."""
+        try:
+            step()
+        except Exception as exc:
+            logger.error("audit segment rotation failed: %s", _describe(exc))
+            self._rollback()
 
     def _rotate(self) -> None:
         """Seal the current segment once the next one's data key is in hand.
@@ -144,72 +176,148 @@ class AuditSpool:
                 self._next_key = self._keys.new_data_key()
             except Exception as exc:
                 logger.warning("no new audit data key (%s); segment %d stays open, retrying in %.0f s",
-                               exc, self._segment_no, KEY_RETRY_S)
+                               _describe(exc), self._segment_no, KEY_RETRY_S)
                 self._key_retry_at = time.monotonic() + KEY_RETRY_S
                 return
         self._seal()
 
     def _open(self) -> None:
-        self._segment_no += 1
+        """Start the next segment; its header is durable before any record goes in."""
         if self._next_key is not None:
-            (self._data_key, wrapped), self._next_key = self._next_key, None
+            (data_key, wrapped), self._next_key = self._next_key, None
         else:
-            self._data_key, wrapped = self._keys.new_data_key()
-        self._path = self.dir / f"{self._segment_no:010d}.open"
-        self._file = open(self._path, "wb")
-        segment.write_header(
-            self._file,
-            segment.SegmentHeader(
-                chain=self.chain, segment=self._segment_no, first_seq=self._seq,
-                created=time.time(), app=self._app, data_key=wrapped,
-            ),
-        )
+            data_key, wrapped = self._keys.new_data_key()
+        number = self._segment_no + 1
+        path = self.dir / f"{number:010d}.open"
+        header = segment.header_bytes(segment.SegmentHeader(
+            chain=self.chain, segment=number, first_seq=self._seq,
+            created=time.time(), app=self._app, data_key=wrapped,
+        ))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            _write_all(fd, header, 0)
+            os.fsync(fd)
+            _fsync_dir(self.dir)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        self._fd, self._path, self._segment_no, self._data_key = fd, path, number, data_key
         self._count = 0
+        self._pending = []
+        self._synced = (len(header), self._seq, self._prev, 0)
         self._opened_at = time.monotonic()
 
+    def _sync(self) -> None:
+        """Write the pending frames and fsync: everything appended so far is durable."""
+        if self._broken:
+            self._repair()  # never seal or extend a file with a torn write at its end
+        offset = self._synced[0]
+        if self._pending:
+            offset = _write_all(self._fd, b"".join(self._pending), offset)
+        os.fsync(self._fd)
+        self._pending = []
+        self._synced = (offset, self._seq, self._prev, self._count)
+        self._durable_seq = self._seq
+
     def _seal(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        seal(self._path, last_seq=self._seq - 1, last_digest=self._prev, count=self._count)
-        self._file = None
+        self._sync()
+        fd, path = self._fd, self._path
+        self._fd = None
+        os.close(fd)
+        try:
+            seal(path, last_seq=self._seq - 1, last_digest=self._prev, count=self._count)
+        except OSError as exc:  # the records are durable; recovery seals the file later
+            logger.error("sealing audit segment %s failed (%s); it is sealed when the spool is "
+                         "next recovered", path.name, _describe(exc))
+
+    def _rollback(self) -> None:
+        """After an I/O failure: forget what was not fsynced, so the file and chain agree."""
+        self._pending = []
+        if self._fd is None:
+            return  # nothing unsynced: the last segment was sealed, or a new one never opened
+        offset, self._seq, self._prev, self._count = self._synced
+        try:
+            os.ftruncate(self._fd, offset)
+            os.fsync(self._fd)
+            self._broken = False
+        except OSError:
+            self._broken = True
+
+    def _repair(self) -> None:
+        os.ftruncate(self._fd, self._synced[0])
+        os.fsync(self._fd)
+        self._broken = False
 
     def _write(self, batch: list) -> None:
+        seqs: list[int] = []
+        error: Exception | None = None
         try:
             for record, _, _ in batch:
-                if self._file is None:
+                if self._fd is None:
                     self._open()
-                body = finish(dict(record))
-                body["chain"] = self.chain
-                body["seq"] = self._seq
-                body["prev_digest"] = self._prev
-                plain = segment.canonical(body)
+                # encoding never raises: a record that cannot be encoded becomes a substitute
+                plain = encode(record, chain=self.chain, seq=self._seq, prev=self._prev)
                 frame = crypto.encrypt(
                     self._data_key, plain, segment.aad(self.chain, self._segment_no, self._count)
                 )
-                segment.write_frame(self._file, frame)
+                self._pending.append(segment.framed(frame))
+                seqs.append(self._seq)
                 self._prev = segment.digest(plain)
                 self._seq += 1
                 self._count += 1
                 if self._count >= self._max_records:
                     self._rotate()  # sealing fsyncs what the segment holds
-            if self._file is not None:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-            self.written += len(batch)
-            error = None
-        except Exception as exc:  # disk full, KMS down: the waiting requests must know
-            logger.exception("audit spool write failed")
+            if self._fd is not None:
+                self._sync()
+        except Exception as exc:  # disk full, fsync failed, no data key: these records are lost
+            logger.error("audit spool write failed: %s", _describe(exc))
             error = exc
-        for _, fut, loop in batch:
+            try:
+                self._rollback()
+            except Exception as again:  # the waiters below must be told whatever happens
+                logger.error("audit spool rollback failed: %s", _describe(again))
+                self._broken = True
+        for i, (record, fut, loop) in enumerate(batch):
+            durable = error is None or (i < len(seqs) and seqs[i] < self._durable_seq)
+            if durable:
+                self.written += 1
             if fut is not None:
-                loop.call_soon_threadsafe(_resolve, fut, error)
+                _notify(loop, fut, None if durable else error)
+            elif not durable:
+                rid = record.get("request_id") if isinstance(record, dict) else None
+                logger.error("audit record %s (not awaited) was not written",
+                             rid if isinstance(rid, str) else "?")
+
+    def _drain(self) -> None:
+        """Fail whatever is still queued once the writer has stopped (no waiter hangs)."""
+        while True:
+            try:
+                _, fut, loop = self._q.get_nowait()
+            except queue.Empty:
+                return
+            if fut is not None:
+                _notify(loop, fut, SpoolClosed("the audit spool is closed"))
 
     def close(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
         fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         os.close(self._lock_fd)
+
+
+def _describe(exc: BaseException) -> str:
+    """An error for the log: its class and, for OS errors, the reason (never record content)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return type(exc).__name__
+
+
+def _notify(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, error: Exception | None) -> None:
+    try:
+        loop.call_soon_threadsafe(_resolve, fut, error)
+    except RuntimeError:  # the waiting loop has been closed: nobody is left to tell
+        pass
 
 
 def _resolve(fut: asyncio.Future, error: Exception | None) -> None:

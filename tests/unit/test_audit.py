@@ -71,7 +71,7 @@ def test_records_are_encrypted_chained_and_verifiable(local):
     spool = AuditSpool(spool_dir, keys, app="t", batch_max_records=7, batch_max_s=60)
     write(spool, 20)
     spool.close()
-    uploader = Uploader(spool_dir, store)
+    uploader = Uploader(spool_dir, store, keys)
     assert uploader.upload_once() == 3  # 7 + 7 + 6
     for path in Path(store.root).rglob("*.gvaudit"):
         data = path.read_bytes()
@@ -81,7 +81,8 @@ def test_records_are_encrypted_chained_and_verifiable(local):
     assert report.records == 20 and len(report.chains) == 1
     assert [r["seq"] for r in records] == list(range(20))
     assert records[3]["prompt"][0]["content"] == f"{SECRET} #3"
-    assert records[3]["output"] == [{"index": 0, "text": "answer 3", "tool_calls": None, "finish_reason": None}]
+    assert records[3]["output"] == [{"index": 0, "text": "answer 3", "reasoning": None, "tool_calls": None,
+                                     "finish_reason": None}]
     assert all(r["training_use"] == "prohibited" for r in records)
     assert records[0]["prev_digest"] == segment.GENESIS
 
@@ -103,24 +104,29 @@ def test_tampering_and_deletion_are_detected(local, how, kind):
     spool = AuditSpool(spool_dir, keys, app="t", batch_max_records=5, batch_max_s=60)
     write(spool, 15)
     spool.close()
-    Uploader(spool_dir, store).upload_once()
+    Uploader(spool_dir, store, keys).upload_once()
     tamper(store, 1, delete=(how == "delete"))
     report, _ = walk(store, keys, *today_range())
     assert not report.ok
     assert kind in {p.kind for p in report.problems}, report.as_dict()
 
 
-def test_deleted_tail_is_detected_with_chain_heads(local):
+def test_deleted_tail_is_detected_by_the_manifest_and_by_chain_heads(local):
     keys, store, spool_dir = local
     spool = AuditSpool(spool_dir, keys, app="t", batch_max_records=5, batch_max_s=60)
     write(spool, 10)
     spool.close()
     heads = {}
-    Uploader(spool_dir, store, on_uploaded=lambda chain, meta: heads.update({chain: {**meta, "time": time.time()}})).upload_once()
+    Uploader(spool_dir, store, keys, on_uploaded=lambda chain, meta: heads.update({chain: {**meta, "time": time.time()}})).upload_once()
     assert walk(store, keys, *today_range(), heads=heads)[0].ok
     tamper(store, -1, delete=True)
+    report, _ = walk(store, keys, *today_range())
+    assert [(p.kind, p.detail) for p in report.problems] == [("gap", "segment 1 missing (the chain's last)")]
+    for manifest in Path(store.root).rglob("chains/*.json"):
+        manifest.unlink()  # and the manifest with it: the heads still know
     report, _ = walk(store, keys, *today_range(), heads=heads)
-    assert [p.kind for p in report.problems] == ["missing_tail"]
+    assert [p.kind for p in report.problems] == ["missing_manifest", "missing_tail"], report.as_dict()
+    assert "the archive ends at record 4" in report.problems[1].detail
 
 
 CRASHING_WRITER = """
@@ -150,7 +156,7 @@ def test_crashed_writer_segment_is_recovered_without_the_torn_frame(local, tmp_p
     with open(open_path, "ab") as f:  # and it died in the middle of a write
         f.write(b"\x00\x00\x01\x00partial")
     assert recover_abandoned(spool_dir) == 1
-    Uploader(spool_dir, store).upload_once()
+    Uploader(spool_dir, store, keys).upload_once()
     report, records = walk(store, keys, *today_range())
     assert report.ok and [r["request_id"] for r in records] == [f"req-{i}" for i in range(4)]
 
@@ -164,7 +170,7 @@ def test_s3_with_kms_and_an_outage_loses_nothing(moto, tmp_path):
     store = S3Store(S3Sink(bucket="audit-jp", endpoint_url=moto["s3"].url, sse_kms_key_id=key_id))
     spool_dir = tmp_path / "spool"
     spool = AuditSpool(spool_dir, keys, app="t", batch_max_records=10, batch_max_s=0.5)
-    uploader = Uploader(spool_dir, store, interval_s=0.2).start()
+    uploader = Uploader(spool_dir, store, keys, own_chain=spool.chain, interval_s=0.2).start()
     write(spool, 10)
     time.sleep(1.5)
     with paused(moto["s3"].proc.pid):  # the object store hangs: requests keep being recorded
@@ -185,6 +191,16 @@ def test_s3_with_kms_and_an_outage_loses_nothing(moto, tmp_path):
     report, records = walk(store, keys, *today_range())
     assert report.ok, report.as_dict()
     assert sorted(r["request_id"] for r in records) == sorted(f"req-{i}" for i in range(35))
+    # the chain's manifest is stored beside the segments, encrypted, and guards both ends
+    (manifest,) = [o["Key"] for o in objects if o["Key"].startswith("audit/chains/")]
+    assert s3.head_object(Bucket="audit-jp", Key=manifest)["ServerSideEncryption"] == "aws:kms"
+    first = sorted(o["Key"] for o in objects if o["Key"].endswith(".gvaudit"))[0]
+    s3.delete_object(Bucket="audit-jp", Key=first)
+    report, _ = walk(store, keys, *today_range())
+    assert [p.detail for p in report.problems] == ["segment 0 missing (the chain's first)"]
+    s3.delete_object(Bucket="audit-jp", Key=manifest)
+    report, _ = walk(store, keys, *today_range())
+    assert sorted(p.kind for p in report.problems) == ["gap", "missing_manifest"], report.as_dict()
 
 
 def test_key_service_outage_keeps_the_segment_open(moto, tmp_path):
@@ -200,7 +216,7 @@ def test_key_service_outage_keeps_the_segment_open(moto, tmp_path):
     write(spool, 1, start=13)
     spool.close()
     store = DirectoryStore(DirectorySink(path=str(tmp_path / "archive")))
-    Uploader(tmp_path / "spool", store).upload_once()
+    Uploader(tmp_path / "spool", store, keys).upload_once()
     report, records = walk(store, keys, *today_range())
     assert report.ok and len(records) == 14
 
@@ -211,4 +227,5 @@ def test_stream_assembly():
         b'data: {"choices":[{"index":0,"delta":{"content":"\xe4\xbc\x9a"}}]}\n\n'
         b'data: {"choices":[{"index":0,"delta":{"content":"\xe8\xad\xb0"},"finish_reason":"length"}]}\n\n'
     )
-    assert assemble_stream(raw, "chat") == [{"index": 0, "text": "会議", "finish_reason": "length"}]
+    assert assemble_stream(raw, "chat") == ([{"index": 0, "text": "会議", "reasoning": None, "tool_calls": None,
+                                              "finish_reason": "length"}], [])

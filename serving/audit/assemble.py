@@ -1,0 +1,163 @@
+"""Turning the bytes an engine sent back into the answer an auditor reads.
+
+Runs on the audit writer thread only: the router keeps the forwarded bytes
+by reference and never parses them on the request path.
+
+The record must hold everything the client was shown, not only the text:
+tool calls (streamed as pieces per tool-call index, arguments split over
+many events), reasoning (vLLM's `reasoning`; the older `reasoning_content`
+spelling is accepted too), refusals, and error events that arrive inside a
+stream (`data: {"error": {...}}`). An event that is not JSON is kept as
+text rather than dropped, so nothing the client received is silently lost.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_ERROR_FIELDS = ("message", "type", "code", "param")
+
+
+class _Choice:
+    """One choice being assembled from its deltas."""
+
+    __slots__ = ("index", "text", "reasoning", "refusal", "tools", "finish_reason")
+
+    def __init__(self, index: int):
+        self.index = index
+        self.text: list[str] = []
+        self.reasoning: list[str] = []
+        self.refusal: list[str] = []
+        self.tools: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+
+    def add_tool_delta(self, delta: dict) -> None:
+        index = delta.get("index", len(self.tools))
+        call = self.tools.setdefault(
+            index if isinstance(index, int) else len(self.tools),
+            {"id": None, "type": None, "function": {"name": None, "arguments": []}},
+        )
+        if delta.get("id") and not call["id"]:
+            call["id"] = delta["id"]
+        if delta.get("type"):
+            call["type"] = delta["type"]
+        function = delta.get("function") or {}
+        if function.get("name") and not call["function"]["name"]:
+            call["function"]["name"] = function["name"]
+        if isinstance(function.get("arguments"), str):
+            call["function"]["arguments"].append(function["arguments"])
+
+    def chat(self) -> dict[str, Any]:
+        tools = None
+        if self.tools:
+            tools = [
+                {"index": i, "id": c["id"], "type": c["type"] or "function",
+                 "function": {"name": c["function"]["name"],
+                              "arguments": "".join(c["function"]["arguments"])}}
+                for i, c in sorted(self.tools.items())
+            ]
+        out = {"index": self.index, "text": "".join(self.text),
+               "reasoning": "".join(self.reasoning) if self.reasoning else None,
+               "tool_calls": tools, "finish_reason": self.finish_reason}
+        if self.refusal:
+            out["refusal"] = "".join(self.refusal)
+        return out
+
+    def completion(self) -> dict[str, Any]:
+        return {"index": self.index, "text": "".join(self.text), "finish_reason": self.finish_reason}
+
+
+def _error_of(obj: dict) -> dict[str, Any]:
+    err = obj.get("error")
+    if isinstance(err, dict):
+        return {k: err.get(k) for k in _ERROR_FIELDS}
+    return {"message": str(err), "type": None, "code": None, "param": None}
+
+
+def _events(raw: bytes) -> list[bytes]:
+    """The data of each SSE event (LF, CRLF or CR line endings; multi-line data joined)."""
+    if b"\r" in raw:
+        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    out = []
+    for block in raw.split(b"\n\n"):
+        if block.startswith(b"data: ") and b"\n" not in block:
+            out.append(block[6:])  # the usual case: one data line
+            continue
+        data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
+        if data:
+            out.append(b"\n".join(data))
+    return out
+
+
+def assemble_stream(raw: bytes, operation: str | None) -> tuple[list[dict], list[dict]]:
+    """(choices, errors) of an SSE stream: every choice's deltas concatenated, in index order."""
+    choices: dict[int, _Choice] = {}
+    errors: list[dict] = []
+    chat = operation == "chat"
+    for data in _events(raw):
+        if data == b"[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except (ValueError, RecursionError):
+            errors.append({"message": None, "type": "unparsed_event", "code": None,
+                           "param": None, "raw": data.decode("utf-8", "backslashreplace")})
+            continue
+        if not isinstance(chunk, dict):
+            continue
+        if "error" in chunk:
+            errors.append(_error_of(chunk))
+        for c in chunk.get("choices") or []:
+            if not isinstance(c, dict):
+                continue
+            i = c.get("index", 0)
+            if not isinstance(i, int):
+                i = 0
+            choice = choices.get(i) or choices.setdefault(i, _Choice(i))
+            if chat:
+                delta = c.get("delta") or {}
+                if delta.get("content"):
+                    choice.text.append(delta["content"])
+                reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+                if reasoning:
+                    choice.reasoning.append(reasoning)
+                if delta.get("refusal"):
+                    choice.refusal.append(delta["refusal"])
+                for tool in delta.get("tool_calls") or ():
+                    if isinstance(tool, dict):
+                        choice.add_tool_delta(tool)
+            elif c.get("text"):
+                choice.text.append(c["text"])
+            if c.get("finish_reason"):
+                choice.finish_reason = c["finish_reason"]
+    ordered = [choices[i] for i in sorted(choices)]
+    return [c.chat() if chat else c.completion() for c in ordered], errors
+
+
+def assemble_body(body: bytes, operation: str | None) -> tuple[list[dict], list[dict]]:
+    """(choices, errors) of a non-streamed answer; a body that is not JSON is kept as text."""
+    try:
+        answer = json.loads(body)
+    except (ValueError, RecursionError):
+        return [{"index": 0, "text": body.decode("utf-8", "backslashreplace"), "finish_reason": None}], []
+    if not isinstance(answer, dict):
+        return [{"index": 0, "text": body.decode("utf-8", "backslashreplace"), "finish_reason": None}], []
+    errors = [_error_of(answer)] if "error" in answer else []
+    out = []
+    for c in answer.get("choices") or []:
+        if not isinstance(c, dict):
+            continue
+        if operation == "chat":
+            msg = c.get("message") or {}
+            item = {"index": c.get("index", 0), "text": msg.get("content") or "",
+                    "reasoning": msg.get("reasoning") or msg.get("reasoning_content"),
+                    "tool_calls": msg.get("tool_calls") or None,
+                    "finish_reason": c.get("finish_reason")}
+            if msg.get("refusal"):
+                item["refusal"] = msg["refusal"]
+            out.append(item)
+        else:
+            out.append({"index": c.get("index", 0), "text": c.get("text") or "",
+                        "finish_reason": c.get("finish_reason")})
+    return out, errors
