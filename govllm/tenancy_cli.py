@@ -202,19 +202,54 @@ def audit_verify(
     spec: Path | None = SpecOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Download, decrypt and check the hash chains; exit 2 on any gap or tampering."""
+    """Download, decrypt and check the hash chains, manifests and chain heads.
+
+    Exit 0: intact and every request closed. Exit 2: broken (missing segments or records,
+    tampering, a missing manifest). Exit 3: intact, but some requests have a begin record
+    and no end record (listed as unclosed: the router died mid-request, or the request is
+    still running or its end not yet uploaded).
+    """
     from serving.audit.verify import walk
 
     lo, hi = _range(start, end)
     store, keys, heads = _audit_inputs(_load(spec))
     report, _ = walk(store, keys, lo, hi, heads=heads)
+    verdict = {"ok": "OK", "broken": "PROBLEMS FOUND",
+               "unclosed": f"INTACT, {len(report.unclosed)} UNCLOSED REQUEST(S)"}[report.status]
     lines = [f"{report.objects} objects, {report.records} records, {len(report.chains)} chains "
-             f"between {lo.isoformat()} and {hi.isoformat()}: {'OK' if report.ok else 'PROBLEMS FOUND'}"]
+             f"between {lo.isoformat()} and {hi.isoformat()}: {verdict}"]
     lines += [f"  {p.kind}: chain {p.chain}: {p.detail}" + (f" ({p.key})" if p.key else "")
               for p in report.problems]
+    lines += [f"  unclosed: request {u['request_id']} (tenant {u['tenant']}, chain {u['chain']}, "
+              f"began {_when(u['time'])})" for u in report.unclosed]
     _emit(report.as_dict(), as_json, lines)
-    if not report.ok:
-        raise typer.Exit(2)
+    if report.exit_code:
+        raise typer.Exit(report.exit_code)
+
+
+def _when(timestamp: float | None) -> str:
+    from serving.audit.objectstore import TOKYO
+
+    return datetime.fromtimestamp(timestamp, TOKYO).isoformat() if timestamp else "?"
+
+
+def _write_private(text: str, output: Path) -> None:
+    """Write decrypted records readable by the owner only, from the first byte on.
+
+    A new file is created 0600; an existing one is made 0600 before anything is written.
+    """
+    import os
+
+    fd = os.open(output, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.ftruncate(fd, 0)
+        data = text.encode("utf-8")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 @audit_app.command("export")
@@ -222,22 +257,31 @@ def audit_export(
     start: str | None = FromOption,
     end: str | None = ToOption,
     tenant: str | None = typer.Option(None, "--tenant", "-t"),
-    output: Path | None = typer.Option(None, "--output", "-o", help="JSON Lines file; default stdout."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="JSON Lines file (created mode 0600); default stdout."),
     spec: Path | None = SpecOption,
 ) -> None:
-    """Decrypt records for an authorised auditor (JSON Lines), after verifying them."""
+    """Decrypt records for an authorised auditor (JSON Lines), after verifying them.
+
+    One line per request: its begin and end records merged, with "closed": false where the
+    end record is missing. Requests are selected by the time they began.
+    """
     from govllm.cli import write_output
+    from serving.audit.merge import merge_requests
     from serving.audit.verify import walk
 
     lo, hi = _range(start, end)
     store, keys, heads = _audit_inputs(_load(spec))
     report, records = walk(store, keys, lo, hi, heads=heads)
-    chosen = [r for r in records if tenant is None or r.get("tenant") == tenant]
+    chosen = [r for r in merge_requests(records) if tenant is None or r.get("tenant") == tenant]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen)
-    write_output(text, output)
-    typer.echo(f"{len(chosen)} records exported; verification "
-               f"{'OK' if report.ok else f'found {len(report.problems)} problem(s): run audit verify'}",
-               err=True)
+    if output:
+        _write_private(text, output)
+    else:
+        write_output(text, None)
+    state = {"ok": "OK", "unclosed": f"intact, {len(report.unclosed)} unclosed request(s)",
+             "broken": f"found {len(report.problems)} problem(s): run audit verify"}[report.status]
+    typer.echo(f"{len(chosen)} records exported; verification {state}", err=True)
 
 
 @feedback_app.command("summary")
