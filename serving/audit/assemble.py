@@ -75,6 +75,17 @@ def _error_of(obj: dict) -> dict[str, Any]:
     return {"message": str(err), "type": None, "code": None, "param": None}
 
 
+def _other_fields(choice: _Choice, delta: dict) -> None:
+    reasoning = delta.get("reasoning") or delta.get("reasoning_content")
+    if reasoning:
+        choice.reasoning.append(reasoning)
+    if delta.get("refusal"):
+        choice.refusal.append(delta["refusal"])
+    for tool in delta.get("tool_calls") or ():
+        if isinstance(tool, dict):
+            choice.add_tool_delta(tool)
+
+
 def _events(raw: bytes) -> list[bytes]:
     """The data of each SSE event (LF, CRLF or CR line endings; multi-line data joined)."""
     if b"\r" in raw:
@@ -114,19 +125,16 @@ def assemble_stream(raw: bytes, operation: str | None) -> tuple[list[dict], list
             i = c.get("index", 0)
             if not isinstance(i, int):
                 i = 0
-            choice = choices.get(i) or choices.setdefault(i, _Choice(i))
+            choice = choices.get(i)
+            if choice is None:
+                choice = choices[i] = _Choice(i)
             if chat:
                 delta = c.get("delta") or {}
-                if delta.get("content"):
-                    choice.text.append(delta["content"])
-                reasoning = delta.get("reasoning") or delta.get("reasoning_content")
-                if reasoning:
-                    choice.reasoning.append(reasoning)
-                if delta.get("refusal"):
-                    choice.refusal.append(delta["refusal"])
-                for tool in delta.get("tool_calls") or ():
-                    if isinstance(tool, dict):
-                        choice.add_tool_delta(tool)
+                content = delta.get("content")
+                if content:
+                    choice.text.append(content)
+                if len(delta) > (content is not None):  # more than text: the rarer fields
+                    _other_fields(choice, delta)
             elif c.get("text"):
                 choice.text.append(c["text"])
             if c.get("finish_reason"):
