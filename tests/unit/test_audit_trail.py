@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,8 @@ import pytest
 from serving.audit.crypto import LocalKeyFileKeys
 from serving.audit.merge import merge_requests
 from serving.audit.objectstore import TOKYO, DirectoryStore
-from serving.audit.spool import recover_abandoned
+from serving.audit.record import capture_request
+from serving.audit.spool import AuditSpool, recover_abandoned
 from serving.audit.trail import AuditTrail
 from serving.audit.uploader import Uploader
 from serving.audit.verify import walk
@@ -256,3 +258,51 @@ def test_a_router_killed_mid_stream_leaves_an_unclosed_request(tmp_path):
     unclosed = merged["streaming-1"]
     assert unclosed["closed"] is False and unclosed["prompt"][0]["content"] == SECRET
     assert unclosed["status"] is None and unclosed["output"] is None
+
+
+def test_a_cancelled_wait_for_the_begin_still_pairs_with_its_end(tmp_path):
+    """Cancelled while its begin record is on the way to disk: the cleanup's end_nowait must
+    write an end record for that begin, not a second, complete record."""
+    trail = AuditTrail(audit_settings(tmp_path), app="t")
+
+    async def go():
+        ctx = make_ctx("cancel-begin-1")
+        task = asyncio.ensure_future(trail.begin(ctx))
+        await asyncio.sleep(0)  # queued, not yet durable
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        ctx.status, ctx.error_code = 499, "client_disconnected"
+        trail.end_nowait(ctx)
+
+    run(go())
+    trail.close()
+    keys, store = archive(tmp_path)
+    report, records = walk(store, keys, *today())
+    assert report.status == "ok", report.as_dict()
+    assert [r["type"] for r in records] == ["begin", "end"]
+
+
+def test_an_uploader_takes_its_own_chain_and_dead_ones_never_a_live_neighbours(tmp_path):
+    keys = LocalKeyFileKeys(tmp_path / "audit.key")
+    store = DirectoryStore(DirectorySink(path=str(tmp_path / "archive")))
+    mine = AuditSpool(tmp_path / "spool", keys, app="t", batch_max_records=1, batch_max_s=60)
+    neighbour = AuditSpool(tmp_path / "spool", keys, app="t", batch_max_records=1, batch_max_s=60)
+
+    async def go():
+        for i, spool in enumerate((mine, neighbour)):
+            ctx = make_ctx(f"r-{i}")
+            await spool.append(capture_request(ctx))
+
+    run(go())
+    uploader = Uploader(tmp_path / "spool", store, keys, own_chain=mine.chain)
+    assert uploader.upload_once() == 1  # the neighbour is alive: its own uploader takes its chain
+    neighbour.close()
+    assert uploader.upload_once() == 1  # now it is a dead replica's chain
+    old = 3600 * 24
+    os.utime(neighbour.dir, (os.path.getatime(neighbour.dir) - old, os.path.getmtime(neighbour.dir) - old))
+    uploader.upload_once()
+    assert not neighbour.dir.exists() and mine.dir.exists()  # emptied dead directories go
+    mine.close()
+    report, records = walk(store, keys, *today())
+    assert report.ok and sorted(r["request_id"] for r in records) == ["r-0", "r-1"]
