@@ -204,10 +204,11 @@ def audit_verify(
 ) -> None:
     """Download, decrypt and check the hash chains, manifests and chain heads.
 
-    Exit 0: intact and every request closed. Exit 2: broken (missing segments or records,
-    tampering, a missing manifest). Exit 3: intact, but some requests have a begin record
-    and no end record (listed as unclosed: the router died mid-request, or the request is
-    still running or its end not yet uploaded).
+    Exit 0: intact, and every request has its end record.
+
+    Exit 2: broken: missing segments or records, tampering, a missing manifest.
+
+    Exit 3: intact, but some requests have a begin record and no end record (listed as unclosed: the router died mid-request, or the request is still running or its end not yet uploaded).
     """
     from serving.audit.verify import walk
 
@@ -263,8 +264,7 @@ def audit_export(
 ) -> None:
     """Decrypt records for an authorised auditor (JSON Lines), after verifying them.
 
-    One line per request: its begin and end records merged, with "closed": false where the
-    end record is missing. Requests are selected by the time they began.
+    One line per request: its begin and end records merged, with "closed": false where the end record is missing. Requests are selected by the time they began.
     """
     from govllm.cli import write_output
     from serving.audit.merge import merge_requests
