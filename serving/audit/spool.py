@@ -36,6 +36,7 @@ logger = logging.getLogger("govllm.audit")
 
 _BATCH = 512
 KEY_RETRY_S = 30.0  # after a failed data-key request, keep the segment open this long
+SEAL_RETRY_S = 1.0  # a segment whose sealing failed is tried again this often
 
 
 def _fsync_dir(path: Path) -> None:
@@ -104,6 +105,8 @@ class AuditSpool:
         self._synced: tuple[int, int, str, int] = (0, 0, segment.GENESIS, 0)  # offset, seq, prev, count
         self._durable_seq = 0  # every record below this sequence number is fsynced
         self._broken = False  # a rollback could not truncate: repair before writing again
+        self._unsealed: list[tuple[Path, dict]] = []  # finished segments whose sealing failed
+        self._seal_retry_at = 0.0
         self._opened_at = 0.0
         self._data_key = b""
         self._next_key: tuple[bytes, dict] | None = None
@@ -145,11 +148,15 @@ class AuditSpool:
                 pass
             if batch:
                 self._write(batch)
+            if self._unsealed:
+                self._retry_seals()
             if self._fd is not None and time.monotonic() - self._opened_at >= self._max_s:
                 self._guarded(self._rotate)
             if self._stop.is_set() and self._q.empty():
                 if self._fd is not None:
                     self._guarded(self._seal)
+                self._seal_retry_at = 0.0
+                self._retry_seals()  # what still fails is sealed by recovery after this process
                 self._closed = True
                 self._drain()
                 return
@@ -225,11 +232,33 @@ class AuditSpool:
         fd, path = self._fd, self._path
         self._fd = None
         os.close(fd)
-        try:
-            seal(path, last_seq=self._seq - 1, last_digest=self._prev, count=self._count)
-        except OSError as exc:  # the records are durable; recovery seals the file later
-            logger.error("sealing audit segment %s failed (%s); it is sealed when the spool is "
-                         "next recovered", path.name, _describe(exc))
+        self._unsealed.append((path, {"last_seq": self._seq - 1, "last_digest": self._prev,
+                                      "count": self._count}))
+        self._retry_seals()
+
+    def _retry_seals(self) -> None:
+        """Seal finished segments whose sealing failed (a full disk refuses the sidecar).
+
+        Their records are durable already; until sealed the uploader cannot take them, so
+        the writer keeps trying, oldest first, and the chain is uploaded without a hole.
+        """
+        if time.monotonic() < self._seal_retry_at:
+            return
+        while self._unsealed:
+            path, meta = self._unsealed[0]
+            try:
+                if path.exists():  # else renamed already, only the directory's fsync had failed
+                    seal(path, last_seq=meta["last_seq"], last_digest=meta["last_digest"],
+                         count=meta["count"])
+            except OSError as exc:
+                first = not meta.get("failed")
+                meta["failed"] = True
+                (logger.error if first else logger.debug)(
+                    "sealing audit segment %s failed (%s); retrying every %.0f s", path.name,
+                    _describe(exc), SEAL_RETRY_S)
+                self._seal_retry_at = time.monotonic() + SEAL_RETRY_S
+                return
+            self._unsealed.pop(0)
 
     def _rollback(self) -> None:
         """After an I/O failure: forget what was not fsynced, so the file and chain agree."""

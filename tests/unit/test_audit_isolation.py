@@ -158,3 +158,34 @@ def test_a_write_failure_fails_only_what_is_not_on_disk(tmp_path):
     assert report.status == "ok", report.as_dict()  # the failed frames were cut off again
     assert {r["request_id"] for r in records} == acknowledged
     assert [r["seq"] for r in records] == list(range(len(acknowledged)))
+
+
+def test_a_segment_that_could_not_be_sealed_is_sealed_later(tmp_path):
+    """Sealing writes a sidecar; when that fails (here a directory stands where the sidecar
+    goes, as real as a full disk), the records stay durable and the writer seals the segments
+    in order as soon as it can, so the archive gets the chain without a hole."""
+    import time
+
+    keys = LocalKeyFileKeys(tmp_path / "audit.key")
+    spool = AuditSpool(tmp_path / "spool", keys, app="t", batch_max_records=2, batch_max_s=600)
+    store = DirectoryStore(DirectorySink(path=str(tmp_path / "archive")))
+    uploader = Uploader(tmp_path / "spool", store, keys, own_chain=spool.chain)
+    blocker = spool.dir / "0000000000.meta"
+    blocker.mkdir()
+
+    async def go(ids):
+        for i in ids:
+            await spool.append(capture_request(make_ctx(f"s-{i}")))
+
+    asyncio.run(go(range(4)))  # all durable, though segment 0 cannot be sealed
+    assert uploader.upload_once() == 0  # and segment 1 waits for it: the archive gets no hole
+    blocker.rmdir()
+    deadline = time.monotonic() + 10
+    while not (spool.dir / "0000000000.sealed").exists():
+        assert time.monotonic() < deadline, "the segment was never sealed"
+        time.sleep(0.05)
+    spool.close()
+    uploader.upload_once()
+    report, records = walk(store, keys, *today())
+    assert report.status == "ok", report.as_dict()
+    assert [r["request_id"] for r in records] == [f"s-{i}" for i in range(4)]
