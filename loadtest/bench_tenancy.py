@@ -6,13 +6,15 @@ several milliseconds either way, far more than the steps cost. This harness
 times the router's real request-path code instead: the same step objects the
 router deployment assembles (API-key check against the key cache, request
 parsing, model resolution, confidentiality policy, quota admission in the
-shared Redis over loopback), then the audit seal (encrypted, fsynced spool
-record) and the quota settlement, for a full and a bare configuration.
+shared Redis over loopback, the audit begin record made durable), then the
+audit end record (encrypted, fsynced spool record) and the quota settlement,
+for a full and a bare configuration.
 
 What the steps add to TTFT is the difference of the pre-dispatch time (full
-minus bare): the router forwards the request only after its steps ran. The
-seal runs before the last bytes of the response, so it adds to latency, not
-TTFT; settlement runs after the response.
+minus bare): the router forwards the request only after its steps ran and its
+begin record is durable. The end record is made durable before the last bytes
+of the response, so it adds to latency, not TTFT; settlement runs after the
+response.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ async def _drive(cfg: ServingConfig, requests: int, api_key: str | None) -> dict
         headers.append((b"authorization", f"Bearer {api_key}".encode()))
     scope = {"type": "http", "path": "/v1/chat/completions", "method": "POST", "headers": headers,
              "client": ("127.0.0.1", 50000)}
-    before, seal, after = [], [], []
+    before, end, after = [], [], []
     per_step: dict[str, list[float]] = {}
     try:
         for i in range(requests + 50):
@@ -92,26 +94,32 @@ async def _drive(cfg: ServingConfig, requests: int, api_key: str | None) -> dict
                 if i >= 50:
                     per_step.setdefault(type(step).__name__, []).append(1e6 * (t - t1))
                 t1 = t
+            if trail is not None:  # the begin record is durable before the prompt is dispatched
+                await trail.begin(ctx)
+                t = time.perf_counter()
+                if i >= 50:
+                    per_step.setdefault("AuditBegin", []).append(1e6 * (t - t1))
+                t1 = t
             # what the replica would have answered, as the dispatcher records it
             ctx.model, ctx.upstream = ctx.candidates[0], "http://127.0.0.1:1"
             ctx.status, ctx.first_byte_at = 200, t1
             ctx.usage = {"prompt_tokens": 60, "completion_tokens": 32, "total_tokens": 92}
             ctx.response_chunks = [b'data: {"choices":[{"delta":{"content":"\xe4\xbd\x8f"}}]}\n\n'] * 32
             if trail is not None:
-                await trail.seal(ctx)
+                await trail.end(ctx)
             t2 = time.perf_counter()
             if cfg.auth.enabled:
                 await quota.settle(ctx)
             t3 = time.perf_counter()
             if i >= 50:  # the first requests warm caches and connections
                 before.append(1e6 * (t1 - t0))
-                seal.append(1e6 * (t2 - t1))
+                end.append(1e6 * (t2 - t1))
                 after.append(1e6 * (t3 - t2))
     finally:
         if trail is not None:
             await asyncio.to_thread(trail.close)
         await redis.aclose()
-    return {"pre_dispatch": _percentiles(before), "seal": _percentiles(seal),
+    return {"pre_dispatch": _percentiles(before), "audit_end": _percentiles(end),
             "settle": _percentiles(after),
             "steps": {name: round(statistics.median(v), 1) for name, v in per_step.items()}}
 
@@ -142,12 +150,13 @@ def run(requests: int) -> dict:
         "requests_per_round": requests, "rounds": 3,
         "pre_dispatch_p50_us": {"bare": med("bare", "pre_dispatch"), "full": med("full", "pre_dispatch")},
         "added_to_ttft_p50_us": round(med("full", "pre_dispatch") - med("bare", "pre_dispatch"), 1),
-        "seal_p50_us": med("full", "seal"),
+        "audit_begin_p50_us": statistics.median(r["steps"]["AuditBegin"] for r in rounds["full"]),
+        "audit_end_p50_us": med("full", "audit_end"),
         "settle_p50_us": med("full", "settle"),
         "full_steps_p50_us": {name: statistics.median(r["steps"][name] for r in rounds["full"])
                               for name in rounds["full"][0]["steps"]},
         "full_p99_us": {part: statistics.median(r[part]["p99_us"] for r in rounds["full"])
-                        for part in ("pre_dispatch", "seal", "settle")},
+                        for part in ("pre_dispatch", "audit_end", "settle")},
     }
 
 
@@ -169,8 +178,10 @@ def main() -> None:
                 f"| pre-dispatch, full | {result['pre_dispatch_p50_us']['full']} µs | "
                 f"{result['full_p99_us']['pre_dispatch']} µs |\n"
                 f"| **added to TTFT (full - bare)** | **{result['added_to_ttft_p50_us']} µs** | |\n"
-                f"| audit seal (before the last byte) | {result['seal_p50_us']} µs | "
-                f"{result['full_p99_us']['seal']} µs |\n"
+                f"| audit begin record (before dispatch; part of pre-dispatch) | "
+                f"{result['audit_begin_p50_us']} µs | |\n"
+                f"| audit end record (before the last byte) | {result['audit_end_p50_us']} µs | "
+                f"{result['full_p99_us']['audit_end']} µs |\n"
                 f"| quota settlement (after the response) | {result['settle_p50_us']} µs | "
                 f"{result['full_p99_us']['settle']} µs |\n\n"
                 "Pre-dispatch p50 by step (full): "
