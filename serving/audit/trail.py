@@ -35,13 +35,6 @@ from serving.router.pipeline import RequestContext
 
 logger = logging.getLogger("govllm.audit")
 
-# Per-request audit state kept on the context itself (it lives exactly as long as the request):
-# the begin record is queued but not yet durable; the end (or complete) record has been queued,
-# with the future of its write when someone awaits it.
-_BEGIN_PENDING = "_audit_begin_pending"
-_END_QUEUED = "_audit_end_queued"
-
-
 def _unavailable() -> APIError:
     return APIError(
         503,
@@ -82,18 +75,17 @@ class AuditTrail:
         task is cancelled the record is still written, and `audit_begun` still set once it is
         durable; meanwhile an `end_nowait` pairs with it (an end record, not a complete one).
         """
-        state = vars(ctx)
         fut = self.spool.append(capture_begin(ctx))
-        state[_BEGIN_PENDING] = True
+        ctx.audit_begin_pending = True
         fut.add_done_callback(lambda f: _begun(ctx, f))
         try:
             await asyncio.shield(fut)
         except asyncio.CancelledError:
             raise  # the callback settles the state once the write is done
         except Exception as exc:
-            state.pop(_BEGIN_PENDING, None)  # now, not in the callback: an end may follow at once
+            ctx.audit_begin_pending = False  # now, not in the callback: an end may follow at once
             raise _unavailable() from exc
-        state.pop(_BEGIN_PENDING, None)
+        ctx.audit_begin_pending = False
         ctx.audit_begun = True
 
     async def end(self, ctx: RequestContext) -> None:
@@ -105,11 +97,10 @@ class AuditTrail:
         """
         if ctx.audit_closed:
             return
-        state = vars(ctx)
-        fut = state.get(_END_QUEUED)
+        fut = ctx.audit_end_write
         if fut is None:
             fut = self.spool.append(self._closing_record(ctx))
-            state[_END_QUEUED] = fut
+            ctx.audit_end_write = fut
             fut.add_done_callback(lambda f: _closed(ctx, f))
         elif fut is True:  # queued by end_nowait: nobody can wait for it
             return
@@ -128,10 +119,9 @@ class AuditTrail:
         Does nothing if an end record was already queued for this request.
         """
         try:
-            state = vars(ctx)
-            if ctx.audit_closed or state.get(_END_QUEUED) is not None:
+            if ctx.audit_closed or ctx.audit_end_write is not None:
                 return
-            state[_END_QUEUED] = True
+            ctx.audit_end_write = True
             ctx.audit_closed = True
             self.spool.append_nowait(self._closing_record(ctx))
         except Exception as exc:  # the caller is cleaning up; it must not fail here
@@ -140,7 +130,7 @@ class AuditTrail:
 
     @staticmethod
     def _closing_record(ctx: RequestContext) -> dict[str, Any]:
-        if ctx.audit_begun or vars(ctx).get(_BEGIN_PENDING):
+        if ctx.audit_begun or ctx.audit_begin_pending:
             return capture_end(ctx)
         return capture_request(ctx)
 
@@ -151,7 +141,7 @@ class AuditTrail:
 
 
 def _begun(ctx: RequestContext, fut: asyncio.Future) -> None:
-    vars(ctx).pop(_BEGIN_PENDING, None)
+    ctx.audit_begin_pending = False
     if not fut.cancelled() and fut.exception() is None:
         ctx.audit_begun = True
 

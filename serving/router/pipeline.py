@@ -60,6 +60,8 @@ class RequestContext:
     attempts: list[str] = field(default_factory=list)  # "<model>@<replica url>: <outcome>" per try
     audit_begun: bool = False  # the begin record is durable (dispatch may start)
     audit_closed: bool = False  # the end record is queued or durable
+    audit_begin_pending: bool = False  # queued, not yet durable (its waiter may be cancelled)
+    audit_end_write: Any = None  # the end record's queued write: its future, or True if nobody waits
     # what was sent back, kept by reference for the audit record (parsed off the request path)
     response_chunks: list[bytes] = field(default_factory=list)
     response_body: bytes | None = None
