@@ -1,4 +1,5 @@
-"""Real servers on 127.0.0.1 for tests: Redis, an S3/KMS-compatible server, a JWKS issuer.
+"""Real servers on 127.0.0.1 for tests: Redis, a Redis Cluster, an S3/KMS-compatible server,
+a JWKS issuer.
 
 Each is a separate process (or HTTP thread) on a free port, so tests can also
 make it unreachable (SIGSTOP) and bring it back (SIGCONT).
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from govllm import embedded_store
 from govllm.runtime_env import free_port
+from serving.config import StoreSettings
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -30,13 +32,15 @@ AWS_ENV = {
 
 
 @contextmanager
-def paused(pid: int):
-    """Make a server unreachable without closing its sockets (like a hung host)."""
-    os.kill(pid, signal.SIGSTOP)
+def paused(*pids: int):
+    """Make servers unreachable without closing their sockets (like hung hosts)."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
         yield
     finally:
-        os.kill(pid, signal.SIGCONT)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
 
 @dataclass
@@ -57,13 +61,141 @@ class RedisServer:
             embedded_store.stop(self.proc)
         self.proc = embedded_store.start(self.data_dir, self.port)
 
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return (self.proc.pid,)
+
+    def settings(self, namespace: str, **options) -> StoreSettings:
+        """Store settings naming this server, for clients under test."""
+        return StoreSettings(url=self.url, namespace=namespace, **options)
+
     def stop(self) -> None:
         embedded_store.stop(self.proc)
+
+
+def start_store(kind: str, data_dir: Path) -> RedisServer | RedisClusterServer:
+    """`kind` "redis" (one server) or "cluster" (three-node Redis Cluster): for parametrized tests."""
+    return start_redis(data_dir) if kind == "redis" else start_redis_cluster(data_dir)
 
 
 def start_redis(data_dir: Path) -> RedisServer:
     port = free_port()
     return RedisServer(embedded_store.start(data_dir, port), port, data_dir)
+
+
+@dataclass
+class RedisClusterServer:
+    """Three Redis masters in cluster mode (no replicas), from the same binary as RedisServer.
+
+    Each node keeps its slots in its own `nodes.conf`, so a restart brings back the same
+    cluster; `url` names one node, from which clients discover the others.
+    """
+
+    procs: list[subprocess.Popen]
+    ports: list[int]
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports[0]}/0"
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        return tuple(p.pid for p in self.procs)
+
+    def settings(self, namespace: str, **options) -> StoreSettings:
+        """Store settings naming this cluster (cluster-mode clients), for clients under test."""
+        return StoreSettings(url=self.url, namespace=namespace, cluster=True, **options)
+
+    def restart(self, *, kill: bool = False) -> None:
+        for proc in self.procs:
+            if kill:
+                proc.kill()
+                proc.wait()
+            else:
+                embedded_store.stop(proc)
+        self.procs = [_start_cluster_node(self.data_dir, port) for port in self.ports]
+        _wait_cluster_ok(self.ports)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            embedded_store.stop(proc)
+
+
+def _cluster_ports(n: int) -> list[int]:
+    """Free ports whose cluster-bus ports (port + 10000, fixed in Redis 6.2) are free too."""
+    import random
+    import socket
+
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randint(20000, 29999)
+        if port in ports:
+            continue
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        ports.append(port)
+    return ports
+
+
+def _start_cluster_node(data_dir: Path, port: int) -> subprocess.Popen:
+    node_dir = data_dir / str(port)
+    node_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            str(embedded_store.redis_binary()), "--port", str(port), "--bind", "127.0.0.1",
+            "--dir", str(node_dir), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", "5000", "--appendonly", "yes", "--appendfsync", "everysec",
+            "--save", "", "--daemonize", "no", "--logfile", str(node_dir / "redis.log"),
+        ],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while _redis_cli(port, "PING") != "PONG":
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"cluster node on {port} did not start; see {node_dir / 'redis.log'}")
+        time.sleep(0.1)
+    return proc
+
+
+def _redis_cli(port: int, *args: str) -> str:
+    cli = embedded_store.redis_binary().with_name("redis-cli")
+    out = subprocess.run([str(cli), "-h", "127.0.0.1", "-p", str(port), *args],
+                         capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+def _wait_cluster_ok(ports: list[int], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all("cluster_state:ok" in _redis_cli(p, "CLUSTER", "INFO") for p in ports):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Redis Cluster on {ports} did not reach cluster_state:ok")
+        time.sleep(0.2)
+
+
+def start_redis_cluster(data_dir: Path, nodes: int = 3) -> RedisClusterServer:
+    """A real Redis Cluster on 127.0.0.1: `nodes` masters sharing the 16384 slots."""
+    ports = _cluster_ports(nodes)
+    procs = [_start_cluster_node(data_dir, port) for port in ports]
+    cli = embedded_store.redis_binary().with_name("redis-cli")
+    created = subprocess.run(
+        [str(cli), "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), "--cluster-yes"],
+        capture_output=True, text=True, timeout=60,
+    )
+    server = RedisClusterServer(procs, ports, data_dir)
+    try:
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-500:]}")
+        _wait_cluster_ok(ports)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 @dataclass

@@ -2,17 +2,24 @@
 
 Admission and settlement are single Lua scripts in the shared store, so
 concurrent router replicas never race between checking a limit and counting
-against it.
+against it. Each script touches only keys under the tenant's hash tag, so it
+runs in one slot of a Redis Cluster too.
 
 * Requests per minute: a per-minute window counter, checked and incremented at admission.
 * Tokens per minute: admission requires the minute's settled tokens to be below the
   limit; a request's real tokens are added when it ends (streams included).
 * Monthly budget (hard cap): admission *reserves* the most tokens the request could
-  consume (prompt + completion can never exceed the model's context per choice)
-  and refuses if settled usage plus all open reservations plus this one would
-  pass the cap; settlement releases the reservation and adds the real count. So
-  the cap holds even with many requests in flight on many replicas. Reservations
-  carry an expiry, so a router that dies mid-request cannot leak budget forever.
+  consume (serving/tenancy/reservation.py) and refuses if settled usage plus all
+  open reservations plus this one would pass the cap; settlement releases the
+  reservation and adds the real count. So the cap holds even with many requests
+  in flight on many replicas. Reservations carry an expiry, so a router that dies
+  mid-request cannot leak budget forever.
+
+Settlement runs after every request, whatever happened to it: a request that
+never reached a model (no replica, timed out in the queue, cancelled) only
+releases its reservation. It is idempotent per request id (the request index
+`req:{tenant}:<id>` doubles as the "settled" mark), so a settlement replayed
+after a store timeout that had in fact been applied is not counted twice.
 
 Months are calendar months in Asia/Tokyo: budgets are set by Japanese fiscal
 rules, and the month boundary is midnight JST.
@@ -29,18 +36,23 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from serving.config import ServingConfig
 from serving.router.errors import APIError
 from serving.router.pipeline import RequestContext
+from serving.tenancy.reservation import reservation_for
 from serving.tenancy.store import StoreKeys
+
+__all__ = ["QuotaLedger", "month_of", "reservation_for", "seconds_to_next_month"]
 
 logger = logging.getLogger("govllm.quota")
 
 TOKYO = ZoneInfo("Asia/Tokyo")
 REQUEST_INDEX_TTL_S = 90 * 24 * 3600  # feedback accepted for 90 days
+MAX_DEFERRED = 100_000  # settlements kept while the store is down
 
 _ADMIT = """
 local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -74,15 +86,23 @@ end
 return {0, 0}
 """
 
+# KEYS: tpm window, reservations, ledger, request index (all under the tenant's tag).
+# ARGV: reservation member ('' for none), prompt, completion, model ('' when none answered),
+# level, usage type, request index TTL. Returns the tokens counted, -1 (released only) or
+# -2 (already settled).
 _SETTLE = """
 if ARGV[1] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+local m = ARGV[4]
+if m == '' then return -1 end
+if redis.call('HSETNX', KEYS[4], 'model', m) == 0 then return -2 end
+redis.call('EXPIRE', KEYS[4], ARGV[7])
 local prompt, completion = tonumber(ARGV[2]), tonumber(ARGV[3])
 local total = prompt + completion
 if total > 0 then
   redis.call('INCRBY', KEYS[1], total)
   redis.call('EXPIRE', KEYS[1], 120)
 end
-local m, l, u = ARGV[4], ARGV[5], ARGV[6]
+local l, u = ARGV[5], ARGV[6]
 redis.call('HINCRBY', KEYS[3], 'total_tokens', total)
 redis.call('HINCRBY', KEYS[3], 'requests', 1)
 redis.call('HINCRBY', KEYS[3], 'model|' .. m .. '|requests', 1)
@@ -92,7 +112,6 @@ redis.call('HINCRBY', KEYS[3], 'level|' .. l .. '|requests', 1)
 redis.call('HINCRBY', KEYS[3], 'level|' .. l .. '|tokens', total)
 redis.call('HINCRBY', KEYS[3], 'usage_type|' .. u .. '|requests', 1)
 redis.call('HINCRBY', KEYS[3], 'usage_type|' .. u .. '|tokens', total)
-if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'EX', ARGV[8]) end
 return total
 """
 
@@ -108,36 +127,34 @@ def seconds_to_next_month(ts: float) -> int:
     return max(1, math.ceil((nxt - now).total_seconds()))
 
 
-def reservation_for(ctx: RequestContext) -> int:
-    """Most tokens this request can consume: each choice is bounded by the context length."""
-    payload = ctx.payload or {}
-    n = int(payload.get("n") or 1)
-    limit = max(m.max_model_len for m in ctx.candidates)
-    asked = payload.get("max_completion_tokens") or payload.get("max_tokens") or limit
-    # A byte-level tokenizer never makes more tokens than bytes, so the body size bounds the prompt.
-    return n * min(limit, len(ctx.raw_body) + int(asked))
-
-
 class QuotaLedger:
-    """Admission (a request-path step) and settlement (a finisher) against the shared store."""
+    """Admission (a request-path step) and settlement (a finisher) against the shared store.
 
-    def __init__(self, config: ServingConfig, client, keys: StoreKeys, *, metrics=None):
+    `clock` gives the wall time (seconds since the epoch) that names minute windows and
+    months and dates reservations; tests pass a fixed one instead of waiting for minutes.
+    """
+
+    def __init__(self, config: ServingConfig, client, keys: StoreKeys, *, metrics=None,
+                 clock: Callable[[], float] = time.time):
         self._r = client
         self._k = keys
+        self._clock = clock
         self._admit = client.register_script(_ADMIT)
         self._settle = client.register_script(_SETTLE)
         self._metrics = metrics
-        self._retry: deque = deque(maxlen=100_000)
+        self._retry: deque[tuple[str, list, list]] = deque()
+        self._dropped = 0
         self.store_up = True
-        self._reservation_ttl_s = config.router.request_timeout_s + 60
+        self._timeout_s = config.store.timeout_s
+        # a reservation outlives its request: queueing for a slot, then the request itself
+        self._reservation_ttl_s = config.router.request_timeout_s + config.router.max_queue_wait_s + 60
 
     def _keys(self, tenant: str, now: float) -> tuple[str, str, str, str]:
-        minute = int(now // 60)
-        tag = "{" + tenant + "}"  # one hash slot per tenant, so the scripts also run on Redis Cluster
+        minute = str(int(now // 60))
         return (
-            self._k("q", tag, "rpm", str(minute)),
-            self._k("q", tag, "tpm", str(minute)),
-            self._k("q", tag, "reservations"),
+            self._k.quota(tenant, "rpm", minute),
+            self._k.quota(tenant, "tpm", minute),
+            self._k.quota(tenant, "reservations"),
             self._k.ledger(tenant, month_of(now)),
         )
 
@@ -148,18 +165,28 @@ class QuotaLedger:
         if self._metrics is not None:
             self._metrics.store_up(up)
 
+    async def _run(self, script, keys: list, args: list):
+        """One script call, bounded by store.timeout_s however the client retries inside."""
+        return await asyncio.wait_for(script(keys=keys, args=args), self._timeout_s)
+
     async def __call__(self, ctx: RequestContext) -> None:
+        """Admission: refuse (429/503) or count the request and reserve its budget."""
         limits = ctx.tenant.limits
         if not limits.any:
             return
-        now = time.time()
+        now = self._clock()
         rpm_key, tpm_key, resv_key, ledger_key = self._keys(ctx.tenant.id, now)
         reserve = reservation_for(ctx) if limits.monthly_token_budget else 0
         member = f"{ctx.request_id}|{reserve}"
+        if reserve:
+            # set before the call: a script that ran although its answer timed out holds
+            # this reservation, and settlement must release it whatever happens next
+            ctx.reservation, ctx.reserved_tokens = member, reserve
         try:
-            verdict, seen = await self._admit(
-                keys=[rpm_key, tpm_key, resv_key, ledger_key],
-                args=[
+            verdict, seen = await self._run(
+                self._admit,
+                [rpm_key, tpm_key, resv_key, ledger_key],
+                [
                     limits.requests_per_minute or 0,
                     limits.tokens_per_minute or 0,
                     limits.monthly_token_budget or 0,
@@ -180,9 +207,8 @@ class QuotaLedger:
             ) from exc
         self._mark(True)
         if verdict == 0:
-            if reserve:
-                ctx.reservation = member
             return
+        ctx.reservation, ctx.reserved_tokens = None, 0  # refused: nothing was reserved
         limit, retry = self._refusal(int(verdict), now)
         if self._metrics is not None:
             self._metrics.quota_rejected(ctx.tenant.id, limit)
@@ -210,46 +236,72 @@ class QuotaLedger:
         return limit, max(1, 60 - int(now % 60))
 
     async def settle(self, ctx: RequestContext) -> None:
-        """Finisher: count what the request really used; release its reservation."""
-        if ctx.tenant is None or ctx.model is None:
+        """Finisher, on every path: release the reservation; bill the usage if a model answered.
+
+        With `ctx.model` None (no model was chosen: no replica, a timeout or cancellation
+        before dispatch, a shed request) nothing is counted. Billing is idempotent per
+        request id, so calling this twice for one ctx, or replaying it after a timeout that
+        had in fact been applied, counts the request once. Never raises: a settlement the
+        store does not take now is kept and replayed by `retry_deferred`.
+        """
+        if ctx.tenant is None or (ctx.model is None and not ctx.reservation):
             return
-        usage = ctx.usage or {}
-        now = time.time()
+        now = self._clock()
         _, tpm_key, resv_key, ledger_key = self._keys(ctx.tenant.id, now)
-        job = (
-            [tpm_key, resv_key, ledger_key, self._k.request(ctx.request_id)],
-            [
-                ctx.reservation or "",
-                int(usage.get("prompt_tokens") or 0),
-                int(usage.get("completion_tokens") or 0),
-                ctx.model.id,
-                ctx.confidentiality or 0,
-                ctx.usage_type or ctx.tenant.usage_type,
-                f"{ctx.tenant.id}|{ctx.model.id}",
-                REQUEST_INDEX_TTL_S,
-            ],
-        )
+        usage = ctx.usage or {}
+        keys = [tpm_key, resv_key, ledger_key, self._k.request(ctx.tenant.id, ctx.request_id)]
+        args = [
+            ctx.reservation or "",
+            _tokens(usage.get("prompt_tokens")),
+            _tokens(usage.get("completion_tokens")),
+            ctx.model.id if ctx.model is not None else "",
+            ctx.confidentiality or 0,
+            ctx.usage_type or ctx.tenant.usage_type,
+            REQUEST_INDEX_TTL_S,
+        ]
+        ctx.reservation = None  # released (now or by a replay): a second call only re-bills, a no-op
         try:
-            await self._settle(keys=job[0], args=job[1])
+            await self._run(self._settle, keys, args)
             self._mark(True)
         except Exception as exc:
             self._mark(False)
-            logger.warning("settlement of %s deferred: %s", ctx.request_id, exc)
-            self._retry.append(job)
+            logger.warning("settlement of %s deferred: %s", ctx.request_id, type(exc).__name__)
+            self._defer(ctx.request_id, keys, args)
+
+    def _defer(self, request_id: str, keys: list, args: list) -> None:
+        if len(self._retry) >= MAX_DEFERRED:
+            self._retry.popleft()
+            self._dropped += 1
+            logger.error("%d deferred settlements dropped (store down too long); the audit trail "
+                         "has the usage of those requests", self._dropped)
+        self._retry.append((request_id, keys, args))
 
     async def retry_deferred(self) -> None:
         """Background task: replay settlements that failed while the store was down."""
         while True:
             await asyncio.sleep(1.0)
-            while self._retry:
-                keys, args = self._retry[0]
-                try:
-                    await self._settle(keys=keys, args=args)
-                except Exception:
-                    break
-                self._retry.popleft()
-                self._mark(True)
+            await self.replay()
+
+    async def replay(self) -> int:
+        """Replay deferred settlements in order until one fails; returns how many went through."""
+        done = 0
+        while self._retry:
+            _, keys, args = self._retry[0]
+            try:
+                await self._run(self._settle, keys, args)
+            except Exception:
+                self._mark(False)
+                break
+            self._retry.popleft()
+            self._mark(True)
+            done += 1
+        return done
 
     @property
     def deferred(self) -> int:
         return len(self._retry)
+
+
+def _tokens(value) -> int:
+    """A usage count as the engine reported it; anything else counts 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0

@@ -1,46 +1,65 @@
-"""Quotas against a real Redis: exact limits, hard budget cap, shared by replicas, fail closed."""
+"""Quotas against a real Redis and a real Redis Cluster: exact limits, hard budget cap, shared by
+replicas, released on every path, billed once, fail closed."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 
-from serving.config import ModelRoute, ServingConfig, StoreSettings, TenantLimits, TenantSettings
+from serving.config import ModelRoute, ServingConfig, TenantLimits, TenantSettings
 from serving.router.errors import APIError
 from serving.router.pipeline import RequestContext
 from serving.tenancy.quota import QuotaLedger, month_of, reservation_for, seconds_to_next_month
 from serving.tenancy.reports import usage
 from serving.tenancy.store import StoreKeys, async_client, sync_client
-from tests.servers import paused, start_redis
+from tests.servers import paused, start_store
 
 MODEL = ModelRoute(id="m", max_model_len=1000)
 
 
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    server = start_redis(tmp_path_factory.mktemp("redis"))
+class Clock:
+    """Wall time the test moves by hand; starts one second into the current minute."""
+
+    def __init__(self) -> None:
+        self.now = (time.time() // 60) * 60 + 1
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def store_server(request, tmp_path_factory):
+    server = start_store(request.param, tmp_path_factory.mktemp(request.param))
     yield server
     server.stop()
 
 
-def config(url: str, **limits) -> ServingConfig:
+def config(server, **limits) -> ServingConfig:
     tenant = TenantSettings(id="city", name="市", kind="municipality", limits=TenantLimits(**limits))
-    return ServingConfig(models=(MODEL,), tenants=(tenant,), store=StoreSettings(url=url, namespace=f"t{time.time_ns()}"))
+    return ServingConfig(models=(MODEL,), tenants=(tenant,),
+                         store=server.settings(f"t{time.time_ns()}", timeout_s=0.5))
 
 
-def ctx(cfg: ServingConfig, i: int, *, max_tokens: int = 10, body: bytes = b"x" * 40) -> RequestContext:
-    c = RequestContext(request_id=f"r{i}", operation="chat", scope={"headers": []}, raw_body=body)
-    c.tenant, c.candidates, c.model = cfg.tenants[0], (MODEL,), MODEL
+def ctx(cfg: ServingConfig, *, max_tokens: int = 10, body: bytes = b"x" * 40) -> RequestContext:
+    c = RequestContext(request_id=uuid.uuid4().hex, operation="chat", scope={"headers": []}, raw_body=body)
+    c.tenant, c.candidates, c.model = cfg.tenants[0], (MODEL,), None
     c.payload = {"model": "m", "max_tokens": max_tokens}
     c.confidentiality = 1
     return c
 
 
-async def ledgers(cfg: ServingConfig, n: int = 1):
+def answered(c: RequestContext, prompt: int, completion: int) -> RequestContext:
+    """What dispatch leaves behind when the model answered with these token counts."""
+    c.model, c.usage = MODEL, {"prompt_tokens": prompt, "completion_tokens": completion}
+    return c
+
+
+def ledgers(cfg: ServingConfig, clock: Clock, n: int = 1) -> list[QuotaLedger]:
     keys = StoreKeys(cfg.store.namespace)
-    return [QuotaLedger(cfg, async_client(cfg.store), keys) for _ in range(n)]
+    return [QuotaLedger(cfg, async_client(cfg.store), keys, clock=clock) for _ in range(n)]
 
 
 async def admitted(ledger: QuotaLedger, c: RequestContext) -> APIError | None:
@@ -51,136 +70,235 @@ async def admitted(ledger: QuotaLedger, c: RequestContext) -> APIError | None:
     return None
 
 
-def test_requests_per_minute_exact_across_two_replicas(redis_server):
-    async def go():
-        cfg = config(redis_server.url, requests_per_minute=7)
-        a, b = await ledgers(cfg, 2)
-        results = await asyncio.gather(*(admitted(a if i % 2 else b, ctx(cfg, i)) for i in range(12)))
-        return results
+def report(cfg: ServingConfig, clock: Clock) -> dict:
+    return usage(sync_client(cfg.store), StoreKeys(cfg.store.namespace), "city", month_of(clock()))
 
-    if int(time.time()) % 60 > 55:  # do not straddle a minute boundary
-        time.sleep(6)
-    results = asyncio.run(go())
+
+def test_requests_per_minute_exact_across_two_replicas(store_server):
+    cfg, clock = config(store_server, requests_per_minute=7), Clock()
+
+    async def go():
+        a, b = ledgers(cfg, clock, 2)
+        first = await asyncio.gather(*(admitted(a if i % 2 else b, ctx(cfg)) for i in range(12)))
+        clock.now += 60  # the next minute has its own window
+        later = await admitted(a, ctx(cfg))
+        return first, later
+
+    results, later = asyncio.run(go())
     refused = [r for r in results if r is not None]
     assert len(refused) == 5
     exc = refused[0]
     assert exc.status == 429 and exc.code == "requests_per_minute_exceeded"
     assert "requests_per_minute" in exc.message and "7" in exc.message
-    assert 1 <= int(exc.headers["Retry-After"]) <= 60
+    assert exc.headers["Retry-After"] == "59"  # one second into the minute
+    assert later is None
 
 
-def test_monthly_budget_is_a_hard_cap_with_concurrent_reservations(redis_server):
+def test_monthly_budget_is_a_hard_cap_with_concurrent_reservations(store_server):
+    cfg, clock = config(store_server, monthly_token_budget=500), Clock()
+
     async def go():
-        cfg = config(redis_server.url, monthly_token_budget=500)
-        a, b = await ledgers(cfg, 2)
+        a, b = ledgers(cfg, clock, 2)
         # each request reserves len(body) + max_tokens = 40 + 60 = 100 tokens
-        contexts = [ctx(cfg, i, max_tokens=60) for i in range(8)]
+        contexts = [ctx(cfg, max_tokens=60) for _ in range(8)]
         results = await asyncio.gather(*(admitted(a if i % 2 else b, c) for i, c in enumerate(contexts)))
         ok = [c for c, r in zip(contexts, results, strict=True) if r is None]
         refused = [r for r in results if r is not None]
+        held = [(c.reservation, c.reserved_tokens) for c in ok]
         # settle: each used 30 tokens, far below its reservation; the freed budget admits more
         for c in ok:
-            c.usage = {"prompt_tokens": 20, "completion_tokens": 10}
-            await a.settle(c)
-        later = await admitted(a, ctx(cfg, 100, max_tokens=60))
-        report = usage(sync_client(cfg.store), StoreKeys(cfg.store.namespace), "city", month_of(time.time()))
-        return ok, refused, later, report
+            await a.settle(answered(c, 20, 10))
+        later = await admitted(a, ctx(cfg, max_tokens=60))
+        return ok, held, refused, later
 
-    ok, refused, later, report = asyncio.run(go())
+    ok, held, refused, later = asyncio.run(go())
     assert len(ok) == 5 and len(refused) == 3  # 5 x 100 reserved = 500: the cap, never more
+    # reservations are keyed by the server-assigned request id
+    assert held == [(f"{c.request_id}|100", 100) for c in ok]
+    assert all(c.reservation is None for c in ok)  # released
     assert refused[0].code == "monthly_token_budget_exceeded" and refused[0].type == "insufficient_quota"
-    assert int(refused[0].headers["Retry-After"]) == pytest.approx(seconds_to_next_month(time.time()), abs=5)
+    assert int(refused[0].headers["Retry-After"]) == seconds_to_next_month(clock())
     assert later is None
-    assert report["total_tokens"] == 150 and report["models"]["m"] == {
+    r = report(cfg, clock)
+    assert r["total_tokens"] == 150 and r["models"]["m"] == {
         "requests": 5, "prompt_tokens": 100, "completion_tokens": 50}
 
 
-def test_budget_refuses_once_settled_usage_reaches_the_cap(redis_server):
+def test_budget_refuses_once_settled_usage_reaches_the_cap(store_server):
+    cfg, clock = config(store_server, monthly_token_budget=100), Clock()
+
     async def go():
-        cfg = config(redis_server.url, monthly_token_budget=100)
-        (ledger,) = await ledgers(cfg)
-        first = ctx(cfg, 1, max_tokens=10)
+        (ledger,) = ledgers(cfg, clock)
+        first = ctx(cfg, max_tokens=10)
         assert await admitted(ledger, first) is None
-        first.usage = {"prompt_tokens": 60, "completion_tokens": 40}
-        await ledger.settle(first)
-        return await admitted(ledger, ctx(cfg, 2, max_tokens=1, body=b"x"))
+        await ledger.settle(answered(first, 60, 40))
+        return await admitted(ledger, ctx(cfg, max_tokens=1, body=b"x"))
 
     exc = asyncio.run(go())
     assert exc is not None and exc.status == 429 and "100" in exc.message
 
 
-def test_tokens_per_minute_counts_settled_tokens(redis_server):
+def test_tokens_per_minute_counts_settled_tokens_per_window(store_server):
+    cfg, clock = config(store_server, tokens_per_minute=50), Clock()
+
     async def go():
-        cfg = config(redis_server.url, tokens_per_minute=50)
-        (ledger,) = await ledgers(cfg)
-        first = ctx(cfg, 1)
+        (ledger,) = ledgers(cfg, clock)
+        first = ctx(cfg)
         assert await admitted(ledger, first) is None
-        first.usage = {"prompt_tokens": 30, "completion_tokens": 25}
-        await ledger.settle(first)
-        return await admitted(ledger, ctx(cfg, 2))
+        await ledger.settle(answered(first, 30, 25))
+        refused = await admitted(ledger, ctx(cfg))
+        clock.now += 60
+        return refused, await admitted(ledger, ctx(cfg))
 
-    if int(time.time()) % 60 > 55:
-        time.sleep(6)
-    exc = asyncio.run(go())
-    assert exc is not None and exc.code == "tokens_per_minute_exceeded"
+    refused, next_minute = asyncio.run(go())
+    assert refused is not None and refused.code == "tokens_per_minute_exceeded"
+    assert next_minute is None
 
 
-def test_store_down_fails_closed_for_budgeted_tenants_only(redis_server):
+def test_unanswered_requests_release_their_reservation_and_count_nothing(store_server):
+    """No model chosen (no replica, queue timeout, cancellation, shed): only the release."""
+    cfg, clock = config(store_server, monthly_token_budget=100), Clock()
+
     async def go():
-        budgeted = config(redis_server.url, monthly_token_budget=10_000)
-        unlimited = config(redis_server.url)
-        (b,) = await ledgers(budgeted)
-        (u,) = await ledgers(unlimited)
-        with paused(redis_server.proc.pid):
-            refused = await admitted(b, ctx(budgeted, 1))
-            served = await admitted(u, ctx(unlimited, 2))
-            c = ctx(budgeted, 3)
-            c.usage = {"prompt_tokens": 5, "completion_tokens": 5}
-            await b.settle(c)  # deferred, not lost
-            down = b.store_up
-            deferred = b.deferred
-        task = asyncio.create_task(b.retry_deferred())
+        (ledger,) = ledgers(cfg, clock)
+        first = ctx(cfg, max_tokens=60)  # reserves 100: the whole budget
+        assert await admitted(ledger, first) is None
+        blocked = await admitted(ledger, ctx(cfg, max_tokens=60))
+        await ledger.settle(first)  # ctx.model is None: dispatch failed before a model was chosen
+        again = ctx(cfg, max_tokens=60)
+        return blocked, await admitted(ledger, again), first
+
+    blocked, again, first = asyncio.run(go())
+    assert blocked is not None and blocked.code == "monthly_token_budget_exceeded"
+    assert again is None and first.reservation is None
+    r = report(cfg, clock)
+    assert r["requests"] == 0 and r["total_tokens"] == 0
+
+
+def test_settlement_bills_once_even_when_called_twice(store_server):
+    cfg, clock = config(store_server, monthly_token_budget=10_000), Clock()
+
+    async def go():
+        a, b = ledgers(cfg, clock, 2)
+        c = ctx(cfg)
+        await a(c)
+        answered(c, 7, 3)
+        await a.settle(c)
+        await a.settle(c)
+        await b.settle(c)  # even another replica replaying it
+
+    asyncio.run(go())
+    r = report(cfg, clock)
+    assert r["requests"] == 1 and r["total_tokens"] == 10
+
+
+def test_abandoned_reservations_expire(store_server):
+    """A router that died mid-request holds its reservation only until the timeouts have passed."""
+    cfg, clock = config(store_server, monthly_token_budget=100), Clock()
+    ttl = cfg.router.request_timeout_s + cfg.router.max_queue_wait_s + 60
+
+    async def go():
+        (ledger,) = ledgers(cfg, clock)
+        assert await admitted(ledger, ctx(cfg, max_tokens=60)) is None  # never settled
+        clock.now += ttl - 5
+        still = await admitted(ledger, ctx(cfg, max_tokens=60))
+        clock.now += 10
+        return still, await admitted(ledger, ctx(cfg, max_tokens=60))
+
+    still, after = asyncio.run(go())
+    assert still is not None and still.code == "monthly_token_budget_exceeded"
+    assert after is None
+
+
+def test_store_down_fails_closed_and_replays_settlements_once(store_server):
+    """A settlement that timed out may still have run: the replay must not count it again."""
+    budgeted = config(store_server, monthly_token_budget=10_000)
+    unlimited = config(store_server)
+    clock = Clock()
+
+    async def go():
+        (b,) = ledgers(budgeted, clock)
+        (u,) = ledgers(unlimited, clock)
+        admitted_before = ctx(budgeted)
+        await b(admitted_before)
+        with paused(*store_server.pids):
+            started = time.monotonic()
+            refused = await admitted(b, ctx(budgeted))
+            took = time.monotonic() - started
+            served = await admitted(u, ctx(unlimited))
+            await b.settle(answered(admitted_before, 5, 5))  # deferred, not lost
+            down, deferred = b.store_up, b.deferred
         for _ in range(50):
+            await b.replay()
             if b.deferred == 0:
                 break
             await asyncio.sleep(0.1)
-        task.cancel()
-        report = usage(sync_client(budgeted.store), StoreKeys(budgeted.store.namespace), "city", month_of(time.time()))
-        return refused, served, down, deferred, b.deferred, b.store_up, report
+        return refused, took, served, down, deferred, b.deferred, b.store_up
 
-    refused, served, down, deferred, after, up, report = asyncio.run(go())
+    refused, took, served, down, deferred, after, up = asyncio.run(go())
     assert refused is not None and refused.status == 503 and refused.code == "quota_store_unavailable"
+    assert took < 1.0  # bounded by store.timeout_s, whatever the client retries inside
     assert served is None
     assert down is False and deferred == 1
-    assert after == 0 and up is True and report["total_tokens"] == 10
+    assert after == 0 and up is True
+    r = report(budgeted, clock)
+    assert r["requests"] == 1 and r["total_tokens"] == 10
 
 
-def test_ledger_survives_a_store_crash(redis_server):
+def test_ledger_survives_a_store_crash(store_server):
     """Append-only file, fsync every second: a killed Redis comes back with the counts."""
-    cfg = config(redis_server.url, monthly_token_budget=10_000)
+    cfg, clock = config(store_server, monthly_token_budget=10_000), Clock()
 
     async def spend():
-        (ledger,) = await ledgers(cfg)
-        c = ctx(cfg, 1)
+        (ledger,) = ledgers(cfg, clock)
+        c = ctx(cfg)
         await ledger(c)
-        c.usage = {"prompt_tokens": 11, "completion_tokens": 22}
-        await ledger.settle(c)
+        await ledger.settle(answered(c, 11, 22))
 
     asyncio.run(spend())
     time.sleep(1.5)
-    redis_server.restart(kill=True)
-    report = usage(sync_client(cfg.store), StoreKeys(cfg.store.namespace), "city", month_of(time.time()))
-    assert report["total_tokens"] == 33
+    store_server.restart(kill=True)
+    assert report(cfg, clock)["total_tokens"] == 33
 
 
-def test_reservation_bounds():
-    cfg = config("redis://unused")
-    c = ctx(cfg, 1, max_tokens=50, body=b"y" * 30)
+def test_reservation_covers_chat_as_one_conversation():
+    c = RequestContext(request_id="r", operation="chat", scope={"headers": []}, raw_body=b"y" * 30)
+    c.candidates = (MODEL,)
+    c.payload = {"model": "m", "max_tokens": 50}
     assert reservation_for(c) == 80
     c.payload = {"model": "m"}  # no max_tokens: a choice can use the whole context
     assert reservation_for(c) == 1000
     c.payload = {"model": "m", "max_tokens": 5000, "n": 3}
     assert reservation_for(c) == 3000
+    c.payload = {"model": "m", "max_tokens": 10, "max_completion_tokens": 40}
+    assert reservation_for(c) == 70  # the larger of the two limits
+    c.payload = {"model": "m", "max_tokens": "20", "n": 2, "best_of": 4.0}  # lax numbers count
+    assert reservation_for(c) == 4 * 50
+    c.payload = {"model": "m", "max_tokens": 10, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "何"},
+                                     {"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}]}
+    assert reservation_for(c) == 1000  # an image expands beyond its bytes: the context bounds it
+
+
+def test_reservation_covers_every_prompt_of_a_completions_batch():
+    c = RequestContext(request_id="r", operation="completions", scope={"headers": []}, raw_body=b"{}" * 100)
+    c.candidates = (MODEL,)
+    special = 4  # BOS, EOS, a prefix-space piece: tokens a text prompt may gain beyond its bytes
+    c.payload = {"model": "m", "prompt": "日本", "max_tokens": 10}
+    assert reservation_for(c) == 6 + special + 10
+    c.payload = {"model": "m", "prompt": ["ab", "日本", "x" * 5000], "max_tokens": 10}
+    assert reservation_for(c) == (2 + special + 10) + (6 + special + 10) + 1000
+    c.payload = {"model": "m", "prompt": [1, 2, 3], "max_tokens": 10}
+    assert reservation_for(c) == 13
+    c.payload = {"model": "m", "prompt": [[1, 2, 3], [4] * 50], "max_tokens": 10, "n": 2, "best_of": 3}
+    assert reservation_for(c) == 3 * (13 + 60)
+    c.payload = {"model": "m", "prompt": ["a", [1]], "max_tokens": 10}  # refused by the engine anyway
+    assert reservation_for(c) == min(1000, 200 + special + 10)
+    c.payload = {"model": "m", "prompt": "a", "max_completion_tokens": 1}  # not a completions field
+    assert reservation_for(c) == 1000
+    c.candidates = (MODEL, ModelRoute(id="big", max_model_len=4000))  # an alias: the largest context
+    c.payload = {"model": "m", "prompt": ["x" * 5000, "y"]}
+    assert reservation_for(c) == 4000 + 4000
 
 
 def test_month_boundaries_are_tokyo_time():
