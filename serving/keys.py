@@ -51,7 +51,30 @@ class KeyRecord:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> KeyRecord:
-        return cls(**json.loads(text))
+        """Parse a stored record; ValueError if it is not one verification can rely on.
+
+        Checked field by field so that a damaged record fails here, where the key cache can
+        skip it, and never later inside `verify` on the request path.
+        """
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"not JSON ({type(exc).__name__})") from None
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        unknown = set(data) - _FIELD_TYPES.keys()
+        missing = _REQUIRED - set(data)
+        if unknown or missing:
+            raise ValueError(f"unknown fields {sorted(unknown)}, missing fields {sorted(missing)}")
+        for name, value in data.items():
+            if not isinstance(value, _FIELD_TYPES[name]) or isinstance(value, bool):
+                raise ValueError(f"field {name!r} has the wrong type")
+        for name in ("salt", "digest"):  # hex, or hashing and comparing would fail per request
+            try:
+                bytes.fromhex(data[name])
+            except ValueError:
+                raise ValueError(f"field {name!r} is not hex") from None
+        return cls(**data)
 
     def public(self) -> dict:
         """What listing a key shows: never the salt or digest."""
@@ -63,6 +86,13 @@ class KeyRecord:
             "revoked_at": self.revoked_at,
             "description": self.description,
         }
+
+
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "key_id": str, "tenant": str, "user": str, "salt": str, "digest": str,
+    "created_at": (int, float), "revoked_at": (int, float, type(None)), "description": str,
+}
+_REQUIRED = {"key_id", "tenant", "user", "salt", "digest", "created_at"}
 
 
 def _digest(salt: str, secret: str) -> str:

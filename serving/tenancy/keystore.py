@@ -2,11 +2,22 @@
 
 `KeyAdmin` is what `govllm keys ...` uses (synchronous). `KeyCache` lives in
 every router replica: it holds all records in memory (so verifying a key is a
-dictionary lookup, no store round trip), reloads them when the admin
-publishes a change (so a revoked key fails on every replica at once), and
-reloads periodically as a safety net for a missed message. If the store is
-unreachable the replica keeps its last copy: keys keep working, and no key
-can be created or revoked meanwhile anyway.
+dictionary lookup, no store round trip) and must never accept a key the store
+has revoked for longer than `auth.key_staleness_s`:
+
+* every change is written together with a change counter in one transaction
+  (the counter is a field of the same hash, so the pair is one key and one
+  Redis Cluster slot) and then announced on a pub/sub channel;
+* the cache reloads on each announcement (immediacy), reads the counter about
+  once a second and reloads when it moved (a lost message costs a second),
+  and reloads everything every `reload_s` (a record edited by hand);
+* the cache remembers when it last confirmed itself against the store. When
+  that is older than the staleness bound (store unreachable, watcher stuck),
+  `authenticate` raises `KeysUnconfirmed` instead of trusting its copy: the
+  router answers 503 until the store answers again.
+
+One damaged record never stops the others from loading: it is skipped and its
+key id logged (never the record: it holds the salt and digest).
 """
 
 from __future__ import annotations
@@ -14,27 +25,76 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
-from serving.keys import KeyRecord, Principal, issue_key, verify
-from serving.tenancy.store import StoreKeys
+from serving.keys import KeyRecord, Principal, issue_key, split_key, verify
+from serving.tenancy.store import KEYS_VERSION_FIELD, StoreKeys
 
 logger = logging.getLogger("govllm.keys")
 
 
+class KeysUnconfirmed(Exception):
+    """The key cache could not confirm its records with the store within the staleness bound.
+
+    A revocation may have happened meanwhile, so no API key is accepted (503, Retry-After)
+    until the cache has heard from the store again. The message is safe to show.
+    """
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def parse_records(raw: dict, *, reported: set[str] | None = None) -> tuple[dict[str, KeyRecord], int]:
+    """The readable records of the key hash and its change counter.
+
+    A record that does not parse, or whose key id differs from its field, is skipped and
+    logged once per key id (`reported` remembers which were logged).
+    """
+    records: dict[str, KeyRecord] = {}
+    version = 0
+    for field, value in raw.items():
+        key_id = _text(field)
+        if key_id == KEYS_VERSION_FIELD:
+            try:
+                version = int(value)
+            except ValueError:
+                logger.error("API-key change counter is not a number; treating it as 0")
+            continue
+        try:
+            record = KeyRecord.from_json(value)
+            if record.key_id != key_id:
+                raise ValueError("stored under another key id")
+        except ValueError as exc:
+            if reported is None or key_id not in reported:
+                logger.error("skipping unreadable API-key record %r: %s", key_id[:64], exc)
+                if reported is not None:
+                    reported.add(key_id)
+            continue
+        records[key_id] = record
+    return records, version
+
+
 class KeyAdmin:
+    """Key management for `govllm keys` (synchronous client, single Redis or cluster)."""
+
     def __init__(self, client, keys: StoreKeys):
         self._r = client
         self._k = keys
 
     def _records(self) -> dict[str, KeyRecord]:
-        raw = self._r.hgetall(self._k.api_keys)
-        return {k.decode(): KeyRecord.from_json(v) for k, v in raw.items()}
+        return parse_records(self._r.hgetall(self._k.api_keys))[0]
 
     def _save(self, record: KeyRecord) -> None:
-        pipe = self._r.pipeline()
+        pipe = self._r.pipeline(transaction=True)
         pipe.hset(self._k.api_keys, record.key_id, record.to_json())
-        pipe.publish(self._k.api_keys_changed, record.key_id)
+        pipe.hincrby(self._k.api_keys, KEYS_VERSION_FIELD, 1)
         pipe.execute()
+        try:
+            self._r.publish(self._k.api_keys_changed, record.key_id)
+        except Exception as exc:  # the change is stored: caches see the counter within a second
+            logger.warning("key change stored but not announced (%s); caches pick it up by polling",
+                           type(exc).__name__)
 
     def create(self, tenant: str, user: str, description: str = "") -> tuple[str, KeyRecord]:
         plaintext, record = issue_key(tenant, user, description)
@@ -50,7 +110,9 @@ class KeyAdmin:
 
     def get(self, key_id: str) -> KeyRecord | None:
         raw = self._r.hget(self._k.api_keys, key_id)
-        return KeyRecord.from_json(raw) if raw else None
+        if not raw:
+            return None
+        return parse_records({key_id: raw})[0].get(key_id)
 
     def revoke(self, key_id: str) -> KeyRecord:
         record = self.get(key_id)
@@ -75,45 +137,103 @@ class KeyAdmin:
 
 
 class KeyCache:
-    """Router-side copy of the key records, refreshed on change notifications."""
+    """Router-side copy of the key records that is never trusted beyond `staleness_s`.
 
-    def __init__(self, client, keys: StoreKeys, *, reload_s: float = 30.0):
+    `clock` is monotonic seconds (injectable for tests); `confirm_s` is how often the
+    change counter is read, and bounds every store read of the cache.
+    """
+
+    def __init__(self, client, keys: StoreKeys, *, reload_s: float = 30.0, staleness_s: float = 5.0,
+                 confirm_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self._r = client
         self._k = keys
         self._reload_s = reload_s
+        self._staleness_s = staleness_s
+        self._confirm_s = confirm_s
+        self._clock = clock
         self._records: dict[str, KeyRecord] = {}
-        self.loaded_at = 0.0
+        self._version: int | None = None
+        self._reported: set[str] = set()
+        self.loaded_at = float("-inf")
+        self.confirmed_at = float("-inf")  # when the store last vouched for the records
 
     async def load(self) -> None:
-        raw = await self._r.hgetall(self._k.api_keys)
-        self._records = {k.decode(): KeyRecord.from_json(v) for k, v in raw.items()}
-        self.loaded_at = time.monotonic()
+        """Read every record and the change counter in one command."""
+        started = self._clock()
+        raw = await asyncio.wait_for(self._r.hgetall(self._k.api_keys), self._confirm_s)
+        self._records, self._version = parse_records(raw, reported=self._reported)
+        self.loaded_at = self.confirmed_at = started
+
+    async def confirm(self) -> None:
+        """Read the change counter; reload when it moved, else the copy is confirmed."""
+        started = self._clock()
+        raw = await asyncio.wait_for(self._r.hget(self._k.api_keys, KEYS_VERSION_FIELD), self._confirm_s)
+        try:
+            version = int(raw or 0)
+        except ValueError:
+            version = -1  # unreadable counter: never equal, so every round reloads
+        if version != self._version or version < 0:
+            await self.load()
+        else:
+            self.confirmed_at = started
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the store last confirmed the records (inf before the first load)."""
+        return self._clock() - self.confirmed_at
 
     def authenticate(self, presented: str) -> Principal | None:
+        """The key's principal, None for a wrong, revoked or malformed key.
+
+        Raises KeysUnconfirmed for a well-formed key when the records are older than the
+        staleness bound: the cache cannot tell whether that key was revoked meanwhile.
+        """
+        if split_key(presented) is None:
+            return None
+        if self.age_s > self._staleness_s:
+            raise KeysUnconfirmed(
+                "API keys cannot be checked right now: the key store has not been reachable for "
+                f"more than {self._staleness_s:g} s"
+            )
         return verify(presented, self._records)
 
     async def watch(self) -> None:
-        """Reload on every change message; reconnect and reload after store outages."""
+        """Background task: reload on change messages, confirm every `confirm_s`, reconnect."""
         while True:
-            pubsub = self._r.pubsub()
+            pubsub = None
             try:
-                await pubsub.subscribe(self._k.api_keys_changed)
+                # a cluster client learns the slot map on its first command; pub/sub needs it
+                await asyncio.wait_for(self._r.initialize(), self._confirm_s)
+                pubsub = self._r.pubsub()
+                await asyncio.wait_for(pubsub.subscribe(self._k.api_keys_changed), self._confirm_s)
                 await self.load()  # anything changed while we were not subscribed
-                while True:
-                    # short waits: the client's socket timeout (the store timeout) bounds every read
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
-                    if msg is not None or time.monotonic() - self.loaded_at > self._reload_s:
-                        await self.load()
+                await self._follow(pubsub)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                logger.warning("key store unreachable (%s); keeping %d cached keys", exc, len(self._records))
-                await asyncio.sleep(1.0)
+                logger.warning("key store unreachable (%s: %s); %d cached keys, confirmed %.1f s ago",
+                               type(exc).__name__, exc, len(self._records), self.age_s)
+                await asyncio.sleep(min(1.0, self._confirm_s))
             finally:
-                try:
-                    await pubsub.aclose()
-                except Exception:
-                    pass
+                if pubsub is not None:
+                    try:
+                        await pubsub.aclose()
+                    except Exception:
+                        pass
+
+    async def _follow(self, pubsub) -> None:
+        next_confirm = self._clock() + self._confirm_s
+        while True:
+            # short waits: a message is acted on within 0.2 s, the counter read on time
+            wait = max(0.0, min(0.2, next_confirm - self._clock()))
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=wait)
+            now = self._clock()
+            if msg is not None or now - self.loaded_at > self._reload_s:
+                await self.load()
+                next_confirm = now + self._confirm_s
+            elif now >= next_confirm:
+                await self.confirm()
+                next_confirm = now + self._confirm_s
 
 
 def ensure_dev_key(admin: KeyAdmin, *, tenant: str, key_path) -> bool:
