@@ -1,5 +1,5 @@
 """Real servers on 127.0.0.1 for tests: Redis, a Redis Cluster, an S3/KMS-compatible server,
-a JWKS issuer.
+a JWKS issuer over TLS.
 
 Each is a separate process (or HTTP thread) on a free port, so tests can also
 make it unreachable (SIGSTOP) and bring it back (SIGCONT).
@@ -236,21 +236,93 @@ def start_moto() -> MotoServer:
     raise RuntimeError("moto server did not start")
 
 
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost signed by it.
+
+    Returns (CA bundle, server certificate, server key) as PEM files in `directory`.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "govllm test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                     content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_path, cert_path, key_path = directory / "ca.pem", directory / "server.pem", directory / "server-key.pem"
+    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return ca_path, cert_path, key_path
+
+
 class Issuer:
-    """An OIDC issuer: an RSA signing key and its JWKS document served over HTTP."""
+    """An OIDC issuer: an RSA signing key and its JWKS document served over HTTPS.
+
+    The certificate comes from a CA made for the test; `ca_bundle` is its PEM file, the
+    `auth.oidc.ca_bundle` a deployment with a private PKI would set. `fetches` counts JWKS
+    requests; `failing = True` makes the endpoint answer 503.
+    """
 
     def __init__(self, *, issuer: str = "https://idp.example.go.jp", audience: str = "govllm"):
+        import ssl
+        import tempfile
+
         from cryptography.hazmat.primitives.asymmetric import rsa
 
         self.issuer, self.audience = issuer, audience
         self.kid = "key-1"
+        self.jwk_alg: str | None = "RS256"  # the `alg` member published with the key, if any
         self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.fetches = 0
+        self.failing = False
         self._jwks: dict = {}
         self._publish()
+        self._tmp = tempfile.TemporaryDirectory(prefix="govllm-issuer-")
+        self.ca_bundle, cert, key = (str(p) for p in _tls_files(Path(self._tmp.name)))
         issuer_ref = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
+                issuer_ref.fetches += 1
+                if issuer_ref.failing:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = json.dumps(issuer_ref._jwks).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -261,20 +333,25 @@ class Issuer:
             def log_message(self, *args):
                 pass
 
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
         self.port = free_port()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     @property
     def jwks_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/.well-known/jwks.json"
+        return f"https://127.0.0.1:{self.port}/.well-known/jwks.json"
 
     def _publish(self) -> None:
         from jwt.algorithms import RSAAlgorithm
 
         jwk = json.loads(RSAAlgorithm.to_jwk(self.private_key.public_key()))
-        jwk.update(kid=self.kid, use="sig", alg="RS256")
+        jwk.update(kid=self.kid, use="sig")
+        if self.jwk_alg:
+            jwk["alg"] = self.jwk_alg
         self._jwks = {"keys": [jwk]}
 
     def rotate(self, kid: str) -> None:
@@ -284,9 +361,14 @@ class Issuer:
         self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self._publish()
 
+    def publish_without_alg(self) -> None:
+        """Publish the key without an `alg` member, as some identity providers do."""
+        self.jwk_alg = None
+        self._publish()
+
     def token(self, *, tenant: str | None = "dev-local", user: str = "alice@example.go.jp",
               expires_in: int = 600, audience: str | None = None, issuer: str | None = None,
-              key=None, kid: str | None = None, **claims) -> str:
+              key=None, kid: str | None = None, algorithm: str = "RS256", **claims) -> str:
         import jwt
 
         now = int(time.time())
@@ -294,8 +376,10 @@ class Issuer:
                    "iat": now, "exp": now + expires_in, **claims}
         if tenant is not None:
             payload["tenant"] = tenant
-        return jwt.encode(payload, key or self.private_key, algorithm="RS256",
+        return jwt.encode(payload, key or self.private_key, algorithm=algorithm,
                           headers={"kid": kid or self.kid})
 
     def close(self) -> None:
         self._server.shutdown()
+        self._server.server_close()
+        self._tmp.cleanup()

@@ -146,7 +146,8 @@ def stack(tmp_path_factory, outside) -> Stack:
     spec["store"] = {"embedded": True, "port": free_port()}
     spec["tenants"] += TEST_TENANTS
     issuer = outside["issuer"]
-    spec["auth"]["oidc"] = {"issuer": issuer.issuer, "audience": issuer.audience, "jwks_url": issuer.jwks_url}
+    spec["auth"]["oidc"] = {"issuer": issuer.issuer, "audience": issuer.audience, "jwks_url": issuer.jwks_url,
+                            "ca_bundle": issuer.ca_bundle}
     spec["audit"] = {
         "enabled": True,
         "batch_max_s": 1.0,
