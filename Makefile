@@ -10,11 +10,12 @@ SPEC   ?=
 # edited dependency list reinstalls and an unchanged one costs nothing.
 STAMP  := $(VENV)/.govllm-installed-$(shell cat pyproject.toml Makefile 2>/dev/null | cksum | cut -d' ' -f1)
 
-.PHONY: install serve test test-unit test-integration bench loadtest lint clean help
+.PHONY: install serve test test-unit test-integration test-faults bench loadtest lint clean help
 
 help:
 	@echo "make serve   install, generate the development models, start the local stack on 127.0.0.1:8000"
-	@echo "make test    install and run the whole test suite"
+	@echo "make test    install and run the whole test suite (unit, fault suite, integration)"
+	@echo "make test-faults  the fault suite alone: kills and stops real processes (docs/reliability.md)"
 	@echo "make bench   measure direct vLLM vs stock Ray Serve LLM vs govllm (writes docs/benchmarks.md)"
 	@echo "make loadtest  short locust smoke run of every scenario against the running stack (loadtest/results/)"
 	@echo "make lint    ruff over the code"
@@ -49,6 +50,10 @@ test-unit: install
 
 test-integration: install
 	$(PY) -m pytest -q tests/integration
+
+# Kills engines, router replicas and Redis, stops S3, fills the audit spool: docs/reliability.md.
+test-faults: install
+	$(PY) -m pytest -q -s tests/faults
 
 bench: install
 	$(PY) -m loadtest.bench_stacks --stacks direct,stock,govllm-bare,govllm --output docs/benchmarks.md

@@ -210,7 +210,8 @@ class StoreSpec(_Strict):
     url: str | None = Field(
         default=None, description="External Redis (redis:// or rediss://); required unless embedded."
     )
-    namespace: str = Field(default="govllm")
+    namespace: str = Field(default="govllm", pattern=r"^[^{}]+$",
+                           description="Key prefix (no braces: they would become Redis Cluster hash tags).")
     timeout_s: float = Field(default=0.5, gt=0)
     cluster: bool = Field(default=False, description="`url` is a node of a Redis Cluster.")
 

@@ -81,9 +81,10 @@ def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) 
         str(Path(sys.executable).with_name(runtime_env.HAPROXY_WRAPPER)),
     ))
     if spec.ray.address is None:
-        # The data-plane credential of this run: the local Ray cluster inherits this
-        # process's environment, so routers and model replicas share it and nobody else has it.
-        os.environ[spec.router.data_plane_token_env] = secrets.token_urlsafe(32)
+        # The data-plane credential of this run (unless the operator exported one): the local
+        # Ray cluster inherits this process's environment, so routers and model replicas share
+        # it and nobody else has it.
+        os.environ.setdefault(spec.router.data_plane_token_env, secrets.token_urlsafe(32))
     elif not os.environ.get(spec.router.data_plane_token_env):
         console.print(f"[red]{spec.router.data_plane_token_env} is not set[/]: joining an existing Ray "
                       "cluster needs the data-plane credential its nodes were started with")

@@ -151,6 +151,15 @@ class OIDCSettings(_Strict):
         default=None, description="PEM file of CAs to trust for the JWKS URL (a private PKI)."
     )
 
+    @model_validator(mode="after")
+    def _fails_safe(self) -> OIDCSettings:
+        from serving.tenancy.oidc_rules import oidc_problems  # dependency-free: no jwt import
+
+        problems = oidc_problems(self.jwks_url, self.algorithms)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 class AuthSettings(_Strict):
     """How the router authenticates callers."""
@@ -230,7 +239,8 @@ class StoreSettings(_Strict):
         "when set it replaces `url`. Kubernetes fills it from a Secret, so the credential never "
         "appears in the Serve config or the RayService.",
     )
-    namespace: str = Field(default="govllm", description="Key prefix, so apps can share a Redis.")
+    namespace: str = Field(default="govllm", pattern=r"^[^{}]+$",
+                           description="Key prefix, so apps can share a Redis (no braces: hash tags).")
     cluster: bool = Field(
         default=False, description="The URL names a node of a Redis Cluster (cluster-mode clients)."
     )

@@ -162,9 +162,15 @@ class RouterApp:
     async def _generate(self, operation: str, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self._context(operation, scope)
         try:
-            _check_headers(scope)
+            # authenticate before anything else is read: the record of any later refusal then
+            # names its tenant, and nobody without a credential makes the router read a body
+            duplicated = _duplicated_headers(scope)
+            if b"authorization" in duplicated:
+                raise _duplicate_header(b"authorization")
+            await self._authenticate(ctx)
+            _check_headers(scope, duplicated)
             ctx.raw_body = await self._read_body(scope, receive)
-            for step in self.generation_steps:
+            for step in self.generation_steps[1:]:
                 await step(ctx)
             await self.dispatcher.forward(ctx, send)
         except APIError as exc:
@@ -202,7 +208,7 @@ class RouterApp:
     async def _rate(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self._context("feedback", scope)
         try:
-            _check_headers(scope)
+            _check_headers(scope, _duplicated_headers(scope))
             ctx.raw_body = await self._read_body(scope, receive)
             await self._authenticate(ctx)
             await send_json(send, 201, await self._feedback(ctx))
@@ -272,18 +278,26 @@ def _method_not_allowed(path: str, allowed: str) -> APIError:
                     headers={"Allow": allowed})
 
 
-def _check_headers(scope: Scope) -> None:
-    """Refuse ambiguous or mistyped requests before reading the body (400/415)."""
+def _duplicated_headers(scope: Scope) -> set[bytes]:
+    """Headers of _SINGLE_HEADERS sent more than once (which copy wins differs between hops)."""
     seen: set[bytes] = set()
-    content_type = None
-    for name, value in scope["headers"]:
+    twice: set[bytes] = set()
+    for name, _ in scope["headers"]:
         if name in _SINGLE_HEADERS:
-            if name in seen:
-                raise APIError(400, f"The header {name.decode()} was sent more than once; send it once.",
-                               code="duplicate_header", param=name.decode())
-            seen.add(name)
-            if name == b"content-type":
-                content_type = value
+            (twice if name in seen else seen).add(name)
+    return twice
+
+
+def _duplicate_header(name: bytes) -> APIError:
+    return APIError(400, f"The header {name.decode()} was sent more than once; send it once.",
+                    code="duplicate_header", param=name.decode())
+
+
+def _check_headers(scope: Scope, duplicated: set[bytes]) -> None:
+    """Refuse ambiguous or mistyped requests before reading the body (400/415)."""
+    if duplicated:
+        raise _duplicate_header(min(duplicated))
+    content_type = header(scope, b"content-type")
     if content_type is not None:
         media = content_type.split(b";", 1)[0].strip().lower()
         if media not in _JSON_TYPES:

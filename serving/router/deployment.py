@@ -48,7 +48,7 @@ class Router:
         metrics = RouterMetrics()
         keys = StoreKeys(cfg.store.namespace)
         self._redis = async_client(cfg.store)
-        self._key_cache = KeyCache(self._redis, keys)
+        self._key_cache = KeyCache(self._redis, keys, staleness_s=cfg.auth.key_staleness_s)
         try:
             await self._key_cache.load()
         except Exception as exc:  # the watcher keeps trying; until then no key is accepted

@@ -14,7 +14,6 @@ audit trail and counted per model in the shared store and in metrics;
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 
@@ -22,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from serving.audit.record import feedback_record
 from serving.router.errors import APIError
+from serving.router.json_body import parse_object
 from serving.router.pipeline import RequestContext
 from serving.router.schema import validate_model
 from serving.tenancy.store import StoreKeys
@@ -64,10 +64,7 @@ class FeedbackEndpoint:
         self._metrics = metrics
 
     async def __call__(self, ctx: RequestContext) -> dict:
-        try:
-            payload = json.loads(ctx.raw_body or b"null")
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"Request body is not valid JSON: {exc}.", code="invalid_json") from None
+        payload = parse_object(ctx.raw_body or b"null")
         req = validate_model(FeedbackRequest, payload)
         if req.rating not in (1, -1):
             raise APIError(400, "rating must be 1 (good) or -1 (bad).", code="invalid_value", param="rating")

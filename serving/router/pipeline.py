@@ -22,6 +22,7 @@ from serving.router.asgi import Scope, header
 from serving.router.errors import APIError
 from serving.router.json_body import parse_object
 from serving.router.schema import ChatCompletionRequest, CompletionRequest, validate
+from serving.tenancy.keystore import KeysUnconfirmed
 from serving.tenancy.oidc import TokenRejected, looks_like_jwt
 
 USAGE_TYPES = get_args(UsageType)
@@ -129,7 +130,13 @@ class Authenticate:
                         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
                     ) from None
             elif self._keys is not None:
-                principal = self._keys.authenticate(token)
+                try:
+                    principal = self._keys.authenticate(token)
+                except KeysUnconfirmed as exc:
+                    raise APIError(
+                        503, f"API keys cannot be checked right now ({exc}); retry shortly.",
+                        code="key_store_unavailable", headers={"Retry-After": "2"},
+                    ) from None
         if principal is None:
             raise APIError(
                 401,
