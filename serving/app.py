@@ -54,7 +54,8 @@ def build_app(args: dict[str, Any]) -> Application:
             name_prefix=MODEL_DEPLOYMENT_PREFIX,
             deployment_cls=DataPlaneLLMServer,
             bind_kwargs={"registry": registry, "data_plane_host": config.router.data_plane_host,
-                         "data_plane_token_env": config.router.data_plane_token_env},
+                         "data_plane_token_env": config.router.data_plane_token_env,
+                         "engine_stall_s": config.router.engine_stall_s},
         )
         for c in llm_configs
     }

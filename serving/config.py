@@ -98,6 +98,12 @@ class RouterSettings(_Strict):
         description="How often every known replica is probed (GET /health): a failed probe takes "
         "it out of rotation, a passing one readmits it after its ejection time.",
     )
+    engine_stall_s: float = Field(
+        default=120.0, gt=0,
+        description="A replica whose engine has requests but produced no token for this long "
+        "reports itself unhealthy (a hung engine passes vLLM's own health check); routers then "
+        "retry what waits on it elsewhere. Above the longest prefill the GPU can take.",
+    )
     replica_eject_s: float = Field(
         default=5.0, gt=0,
         description="Shortest time a failed replica stays out of rotation; doubles with each "

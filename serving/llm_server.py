@@ -15,6 +15,12 @@ reports its own in-flight count as a custom autoscaling metric
 (`record_autoscaling_stats`), which serving/autoscaling.py turns into a
 replica count.
 
+A hung engine (alive, so vLLM's `/health` passes, but producing nothing)
+is noticed here: while requests are in flight, the engine's own token
+counters must move within `router.engine_stall_s`; otherwise `/health`
+answers 503 and the replica leaves the registry, and routers retry what
+waits on it elsewhere. It returns by itself once the counters move again.
+
 Only routers may use the data plane: every request except the health and
 metrics probes must carry the data-plane credential (the environment
 variable named by `router.data_plane_token_env`, generated per run by
@@ -31,6 +37,7 @@ import json
 import logging
 import os
 import socket
+import time
 from typing import Any
 
 from ray import serve
@@ -51,8 +58,52 @@ _DENIED = json.dumps({"error": {
 }}).encode()
 
 
+_STALLED = json.dumps({"error": {
+    "message": "The engine has requests but has produced no token for too long.",
+    "type": "server_error", "param": None, "code": "engine_stalled",
+}}).encode()
+
+
+def engine_progress() -> float | None:
+    """Tokens the engine in this process has processed (vLLM's prompt + generation counters).
+
+    None when vLLM's Prometheus metrics are not in this process (metrics_exporter "ray").
+    """
+    from prometheus_client import REGISTRY
+
+    total, found = 0.0, False
+    for name in ("vllm:generation_tokens", "vllm:prompt_tokens"):
+        collector = REGISTRY._names_to_collectors.get(name)  # one metric, not the whole registry
+        if collector is None:
+            continue
+        for family in collector.collect():
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    total += sample.value
+                    found = True
+    return total if found else None
+
+
+class StallWatch:
+    """Whether an engine with requests in flight has stopped making progress."""
+
+    def __init__(self, stall_s: float, progress=engine_progress):
+        self._stall_s = stall_s
+        self._progress = progress
+        self._last: float | None = None
+        self._since = 0.0
+
+    def stalled(self, ongoing: int, now: float) -> bool:
+        progress = self._progress()
+        if progress is None or ongoing == 0 or progress != self._last:
+            self._last, self._since = progress, now
+            return False
+        return now - self._since >= self._stall_s
+
+
 class DataPlaneGate:
-    """ASGI wrapper: the data-plane credential check, and the count of generation requests."""
+    """ASGI wrapper: the data-plane credential check, the count of generation requests, and
+    the replica's own health verdict on `/health` (503 while its engine is stalled)."""
 
     def __init__(self, app: Any, token: str):
         if not token:
@@ -60,6 +111,7 @@ class DataPlaneGate:
         self.app = app
         self._expected = f"Bearer {token}".encode()
         self.ongoing = 0
+        self.stalled = False
 
     def _authorised(self, scope) -> bool:
         for name, value in scope["headers"]:
@@ -72,12 +124,11 @@ class DataPlaneGate:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
+        if path == "/health" and self.stalled:
+            await _send_json(send, 503, _STALLED)
+            return
         if path not in _OPEN_PATHS and not self._authorised(scope):
-            await send({"type": "http.response.start", "status": 401,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(_DENIED)).encode()),
-                                    (b"www-authenticate", b"Bearer")]})
-            await send({"type": "http.response.body", "body": _DENIED})
+            await _send_json(send, 401, _DENIED, [(b"www-authenticate", b"Bearer")])
             return
         if path not in _GENERATION_PATHS:
             await self.app(scope, receive, send)
@@ -87,6 +138,13 @@ class DataPlaneGate:
             await self.app(scope, receive, send)
         finally:
             self.ongoing -= 1
+
+
+async def _send_json(send, status: int, body: bytes, extra: list | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()), *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def advertised_host(bind_host: str) -> str:
@@ -109,6 +167,7 @@ class DataPlaneLLMServer(LLMServer):
         data_plane_host: str = "127.0.0.1",
         data_plane_port: int = 0,
         data_plane_token_env: str = "GOVLLM_DATA_PLANE_TOKEN",
+        engine_stall_s: float = 120.0,
         **kwargs,
     ):
         token = os.environ.get(data_plane_token_env, "")
@@ -123,6 +182,7 @@ class DataPlaneLLMServer(LLMServer):
 
         app = await self.engine.build_asgi_app()
         self._gate = DataPlaneGate(app, token)
+        self._stall = StallWatch(engine_stall_s)
         sock = socket.socket(socket.AF_INET6 if ":" in data_plane_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((data_plane_host, data_plane_port))
@@ -163,7 +223,14 @@ class DataPlaneLLMServer(LLMServer):
         (tens of seconds); routers must stop sending to it at once.
         """
         while True:
+            stalled = self._stall.stalled(self._gate.ongoing, time.monotonic())
+            if stalled != self._gate.stalled:
+                logger.error("engine of %s %s", self._model_id,
+                             "has stalled: requests wait but no token comes" if stalled else "makes progress again")
+                self._gate.stalled = stalled
             try:
+                if stalled:
+                    raise RuntimeError("engine stalled")
                 await self.engine.check_health()
             except Exception:
                 logger.error("engine of %s is not healthy; leaving the endpoint registry", self._model_id)

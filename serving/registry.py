@@ -42,6 +42,7 @@ class EndpointRegistry:
         self._ttl_s = ttl_s
         self._entries: dict[str, _Entry] = {}
         self._routers: dict[str, float] = {}
+        self._ejected: dict[str, float] = {}  # replica id -> until (monotonic), reported by routers
 
     async def heartbeat(self, model_id: str, replica_id: str, url: str, ongoing: int = 0) -> None:
         self._entries[replica_id] = _Entry(model_id, replica_id, url, ongoing, time.monotonic())
@@ -49,10 +50,13 @@ class EndpointRegistry:
     async def deregister(self, replica_id: str) -> None:
         self._entries.pop(replica_id, None)
 
-    async def router_view(self, router_id: str) -> dict:
-        """A router's heartbeat; answers the live endpoints and how many routers share them."""
+    async def router_view(self, router_id: str, ejected: list | None = None) -> dict:
+        """A router's heartbeat: it reports the replicas it ejected; the answer is the live
+        endpoints (with every router's ejections) and how many routers share them."""
         now = time.monotonic()
         self._routers[router_id] = now
+        for replica_id, hold_s in ejected or ():
+            self._ejected[replica_id] = max(self._ejected.get(replica_id, 0.0), now + float(hold_s))
         for rid in [r for r, seen in self._routers.items() if now - seen > self._ttl_s]:
             del self._routers[rid]
         return {"endpoints": await self.snapshot(), "routers": len(self._routers)}
@@ -65,9 +69,12 @@ class EndpointRegistry:
         now = time.monotonic()
         for replica_id in [r for r, e in self._entries.items() if now - e.seen_at > self._ttl_s]:
             del self._entries[replica_id]
+        for replica_id in [r for r, until in self._ejected.items() if until <= now]:
+            del self._ejected[replica_id]
         out: dict[str, list[dict]] = {}
         for e in self._entries.values():
-            out.setdefault(e.model_id, []).append(
-                {"replica_id": e.replica_id, "url": e.url, "ongoing": e.ongoing}
-            )
+            entry = {"replica_id": e.replica_id, "url": e.url, "ongoing": e.ongoing}
+            if e.replica_id in self._ejected:
+                entry["ejected_s"] = round(self._ejected[e.replica_id] - now, 3)
+            out.setdefault(e.model_id, []).append(entry)
         return out

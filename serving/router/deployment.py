@@ -99,7 +99,8 @@ class Router:
         return self._app
 
     async def _refresh_endpoints(self) -> None:
-        view = await self._registry.router_view.remote(self._replica_id)
+        view = await self._registry.router_view.remote(self._replica_id,
+                                                       self._app.table.take_reports())
         self._app.table.update(view["endpoints"], routers=view["routers"])
         self._app.admission.resize()
 

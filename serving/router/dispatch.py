@@ -202,71 +202,86 @@ class Dispatcher:
 
     async def _attempt(self, ctx: RequestContext, model: ModelRoute, ep: Endpoint, path: str,
                        body: bytes, headers: dict[str, str], send: Send) -> None:
-        """One try on one replica; raises _Failed when the request may go elsewhere."""
-        loop = asyncio.get_running_loop()
+        """One try on one replica; raises _Failed when the request may go elsewhere.
+
+        The wait for the replica's first answer is registered on the endpoint, so an
+        ejection (by this router or another) cuts it short: nothing has reached the
+        client yet, and the request is retried elsewhere.
+        """
+        where = f"{model.id}@{ep.url}"
         ctx.model, ctx.upstream = model, ep.url
+        cuts = ep.cuts
         ep.inflight += 1
         resp = None
         try:
-            async with asyncio.timeout(self._settings.upstream_first_byte_timeout_s
-                                       if ctx.stream else None) as deadline:
-                try:
-                    resp = await self._client().post(ep.url + path, data=body, headers=headers)
-                except _CONNECT_ERRORS as exc:
-                    self._table.eject(ep, "connection refused")
-                    ctx.attempts.append(f"{model.id}@{ep.url}: connection refused")
-                    raise _Failed(APIError(503, "connection refused", code="model_unavailable"),
-                                  free=True) from exc
-                except _BROKEN as exc:
-                    self._table.eject(ep, "connection broken")
-                    ctx.attempts.append(f"{model.id}@{ep.url}: connection broken")
-                    raise _Failed(APIError(503, "the replica closed the connection",
-                                           code="model_unavailable"), free=False) from exc
-                if resp.status != 200:
-                    raw = await resp.content.read(_MAX_ERROR_BODY)
-                    ctx.attempts.append(f"{model.id}@{ep.url}: HTTP {resp.status}")
-                    error = await self._upstream_error(ctx, ep, resp.status, raw)
-                    if resp.status >= 500 and not await self.healthy(ep):
-                        self._table.eject(ep, f"engine failed (HTTP {resp.status})")
-                        raise _Failed(error, free=False)
-                    raise error
-                if not ctx.stream:
-                    deadline.reschedule(None)
-                    await self._relay_body(ctx, resp, send)
-                    ctx.attempts.append(f"{model.id}@{ep.url}: ok")
-                    self._table.succeeded(ep)
-                    return
-                first = await self._first_events(ctx, resp)
-                deadline.reschedule(None)
-            if first is None:  # the engine failed before its first token: invisible to the client
+            try:
+                async with asyncio.timeout(self._settings.upstream_first_byte_timeout_s
+                                           if ctx.stream else None) as deadline:
+                    ep.waiting.add(deadline)
+                    try:
+                        resp = await self._client().post(ep.url + path, data=body, headers=headers)
+                        if resp.status != 200:
+                            await self._refused(ctx, ep, where, resp)
+                        answer = await (self._first_events(resp) if ctx.stream else resp.read())
+                    finally:
+                        ep.waiting.discard(deadline)
+            except _CONNECT_ERRORS as exc:
+                self._table.eject(ep, "connection refused")
+                ctx.attempts.append(f"{where}: connection refused")
+                raise _Failed(APIError(503, "connection refused", code="model_unavailable"),
+                              free=True) from exc
+            except _BROKEN as exc:
+                self._table.eject(ep, "connection broken")
+                ctx.attempts.append(f"{where}: connection broken")
+                raise _Failed(APIError(503, "the replica closed the connection",
+                                       code="model_unavailable"), free=False) from exc
+            except TimeoutError:
+                raise self._timed_out(ctx, ep, where, cut=ep.cuts != cuts) from None
+            if not ctx.stream:
+                ctx.attempts.append(f"{where}: ok")
+                self._table.succeeded(ep)
+                await self._relay_body(ctx, resp, answer, send)
+                return
+            if answer is None:  # the engine failed before its first token: invisible to the client
                 self._table.eject(ep, "engine failed before its first token")
-                ctx.attempts.append(f"{model.id}@{ep.url}: engine failed before the first token")
+                ctx.attempts.append(f"{where}: engine failed before the first token")
                 raise _Failed(APIError(503, "the engine failed before answering",
                                        code="model_unavailable"), free=False)
-            ctx.attempts.append(f"{model.id}@{ep.url}: streaming")
+            ctx.attempts.append(f"{where}: streaming")
             self._table.succeeded(ep)
-            await self._relay_stream(ctx, ep, resp, first, send, loop)
-        except TimeoutError:
-            if ctx.first_byte_at is not None:
-                raise
-            if not ctx.stream:  # the whole answer took longer than request_timeout_s: not retried
-                ctx.attempts.append(f"{model.id}@{ep.url}: no answer within "
-                                    f"{self._settings.request_timeout_s:g} s")
-                if not await self.healthy(ep):
-                    self._table.eject(ep, "no answer in time")
-                raise APIError(504, f"Model '{model.id}' did not answer within "
-                               f"{self._settings.request_timeout_s:g} s.", code="upstream_timeout") from None
-            self._table.eject(ep, "no first byte in time")
-            ctx.attempts.append(f"{model.id}@{ep.url}: no first byte within "
-                                f"{self._settings.upstream_first_byte_timeout_s:g} s")
-            raise _Failed(APIError(504, f"model '{model.id}' did not start answering in time",
-                                   code="upstream_timeout"), free=False) from None
+            await self._relay_stream(ctx, ep, resp, answer, send)
         finally:
             ep.inflight -= 1
             if resp is not None:
                 resp.close()  # a no-op after a full read; aborts the engine request otherwise
 
-    async def _first_events(self, ctx: RequestContext, resp: Any) -> bytes | None:
+    async def _refused(self, ctx: RequestContext, ep: Endpoint, where: str, resp: Any) -> None:
+        """A non-200 answer: the engine's own refusal (raised to the client), or a failed engine."""
+        raw = await resp.content.read(_MAX_ERROR_BODY)
+        ctx.attempts.append(f"{where}: HTTP {resp.status}")
+        error = await self._upstream_error(ctx, ep, resp.status, raw)
+        if resp.status >= 500 and not await self.healthy(ep):
+            self._table.eject(ep, f"engine failed (HTTP {resp.status})")
+            raise _Failed(error, free=False)
+        raise error
+
+    def _timed_out(self, ctx: RequestContext, ep: Endpoint, where: str, *, cut: bool) -> Exception:
+        """What a deadline before the first answer byte means for the request."""
+        if cut:  # ejected while we waited (by a probe, another request or another router)
+            ctx.attempts.append(f"{where}: taken out of rotation while waiting ({ep.reason})")
+            return _Failed(APIError(503, f"the replica stopped answering ({ep.reason})",
+                                    code="model_unavailable"), free=False)
+        if not ctx.stream:  # the whole answer took longer than request_timeout_s: not retried
+            ctx.attempts.append(f"{where}: no answer within {self._settings.request_timeout_s:g} s")
+            return APIError(504, f"Model '{ctx.model.id}' did not answer within "
+                            f"{self._settings.request_timeout_s:g} s.", code="upstream_timeout")
+        self._table.eject(ep, "no first byte in time")
+        ctx.attempts.append(f"{where}: no first byte within "
+                            f"{self._settings.upstream_first_byte_timeout_s:g} s")
+        return _Failed(APIError(504, f"model '{ctx.model.id}' did not start answering in time",
+                                code="upstream_timeout"), free=False)
+
+    async def _first_events(self, resp: Any) -> bytes | None:
         """Read up to the first complete SSE event; None when it is an engine error."""
         pending = b""
         while _EVENT_END not in pending:
@@ -278,8 +293,7 @@ class Dispatcher:
             return None
         return pending
 
-    async def _relay_body(self, ctx: RequestContext, resp: Any, send: Send) -> None:
-        body = await resp.read()
+    async def _relay_body(self, ctx: RequestContext, resp: Any, body: bytes, send: Send) -> None:
         ctx.usage = _usage_of(body)
         ctx.status = 200
         ctx.response_body = body
@@ -295,7 +309,8 @@ class Dispatcher:
                 (b"x-govllm-request-id", ctx.request_id.encode())]
 
     async def _relay_stream(self, ctx: RequestContext, ep: Endpoint, resp: Any, first: bytes,
-                            send: Send, loop: asyncio.AbstractEventLoop) -> None:
+                            send: Send) -> None:
+        loop = asyncio.get_running_loop()
         options = (ctx.payload or {}).get("stream_options") or {}
         meter = StreamMeter(
             choices_per_prompt=int((ctx.payload or {}).get("n") or 1),
@@ -307,9 +322,10 @@ class Dispatcher:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         ctx.status = 200
         idle = self._settings.stream_idle_timeout_s
-        pending, done, failure = first, b"", None
+        pending, done, failure, cuts = first, b"", None, ep.cuts
         try:
             async with asyncio.timeout(None) as deadline:
+                ep.waiting.add(deadline)
                 while True:
                     cut = pending.rfind(_EVENT_END)
                     if cut >= 0:
@@ -332,14 +348,19 @@ class Dispatcher:
                         break
                     pending += data
         except TimeoutError:
-            failure = APIError(504, f"The model stopped sending for {idle:g} s; the answer is "
-                               "incomplete.", code="upstream_timeout")
-            self._table.eject(ep, "stream went silent")
+            if ep.cuts != cuts:
+                failure = APIError(504, f"The model's replica stopped answering ({ep.reason}); the "
+                                   "answer is incomplete.", code="upstream_timeout")
+            else:
+                failure = APIError(504, f"The model stopped sending for {idle:g} s; the answer is "
+                                   "incomplete.", code="upstream_timeout")
+                self._table.eject(ep, "stream went silent")
         except _BROKEN:
             failure = APIError(502, "The model's replica closed the stream; the answer is incomplete.",
                                code="engine_failed")
             self._table.eject(ep, "stream broken")
         finally:
+            ep.waiting.discard(deadline)
             ctx.usage = meter.delivered()
         if failure is None and meter.error is not None:
             failure = APIError(502, meter.error["message"], code="engine_failed")

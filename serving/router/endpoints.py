@@ -23,10 +23,17 @@ its `/health` answers 200 (`Dispatcher.probe_once`, every
 `router.replica_probe_interval_s`). Probes also run on replicas in rotation,
 so a replica that died silently leaves it within a probe interval even when
 no request touches it.
+
+An ejection also cuts short every request of this router still waiting on
+the replica (their deadlines fire at once: one that has not answered yet is
+retried elsewhere, a stream gets an error event), and it is reported to the
+endpoint registry, whose next snapshot tells the other router replicas to
+eject it too, so a replica that hangs costs each router at most one wait.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -46,6 +53,8 @@ class Endpoint:
     ejected_until: float = 0.0
     ejections: int = 0  # in a row; reset by a request that succeeds
     reason: str = ""
+    cuts: int = 0  # ejections so far: an attempt that sees this change was cut short by one
+    waiting: set = field(default_factory=set, repr=False)  # deadlines of requests on this replica
 
     @property
     def load(self) -> int:
@@ -61,6 +70,7 @@ class EndpointTable:
     routers: int = 1  # live router replicas (they share each model's admission capacity)
     rng: random.Random = field(default_factory=random.Random)
     eject_s: float = 5.0
+    reports: list[tuple[str, float]] = field(default_factory=list)  # (replica id, hold) to share
 
     def update(self, snapshot: dict[str, list[dict]], now: float | None = None, *,
                routers: int | None = None) -> None:
@@ -74,6 +84,9 @@ class EndpointTable:
                 if ep is None or ep.url != entry["url"]:
                     ep = Endpoint(url=entry["url"], replica_id=entry["replica_id"], model_id=model_id)
                 ep.reported_ongoing = int(entry.get("ongoing", 0))
+                held = float(entry.get("ejected_s") or 0)
+                if held > 0 and not ep.ejected:  # another router found it failing
+                    self.eject(ep, "ejected by another router", hold_s=held, report=False)
                 eps.append(ep)
             fresh[model_id] = eps
         self.by_model = fresh
@@ -91,13 +104,32 @@ class EndpointTable:
         a, b = self.rng.sample(eps, 2)
         return a if a.load <= b.load else b
 
-    def eject(self, ep: Endpoint, reason: str) -> None:
-        """Take a replica out of rotation; a health probe may readmit it after its ejection time."""
+    def eject(self, ep: Endpoint, reason: str, *, hold_s: float | None = None,
+              report: bool = True) -> None:
+        """Take a replica out of rotation and cut short what waits on it.
+
+        A health probe may readmit it once its ejection time is over.
+        """
         if ep.ejected:
             return
         ep.ejections += 1
-        hold = self.eject_s * min(2 ** (ep.ejections - 1), _MAX_EJECT_FACTOR)
+        hold = hold_s if hold_s is not None else self.eject_s * min(2 ** (ep.ejections - 1),
+                                                                    _MAX_EJECT_FACTOR)
         ep.ejected, ep.ejected_until, ep.reason = True, time.monotonic() + hold, reason
+        ep.cuts += 1
+        if report:
+            self.reports.append((ep.replica_id, hold))
+        try:
+            now = asyncio.get_running_loop().time()
+        except RuntimeError:  # no event loop: nobody can be waiting
+            return
+        for deadline in list(ep.waiting):
+            deadline.reschedule(now)
+
+    def take_reports(self) -> list[tuple[str, float]]:
+        """Ejections to share with the other routers through the registry (then forgotten)."""
+        reports, self.reports = self.reports, []
+        return reports
 
     def may_readmit(self, ep: Endpoint, now: float | None = None) -> bool:
         return ep.ejected and (time.monotonic() if now is None else now) >= ep.ejected_until

@@ -93,7 +93,8 @@ def test_two_models_are_distinct_engines(client):
 def test_greedy_through_router_equals_engine_called_directly(stack, client, model):
     """The router must not change what the engine generates."""
     [endpoint] = stack.status()["endpoints"][model]
-    direct = openai.OpenAI(base_url=endpoint["url"] + "/v1", api_key="unused", max_retries=0)
+    # the replica's data plane takes only the routers' credential (the test stack exported it)
+    direct = openai.OpenAI(base_url=endpoint["url"] + "/v1", api_key=stack.data_plane_token, max_retries=0)
     kwargs = dict(messages=PROMPT, max_tokens=24, temperature=0, logprobs=True)
     via_router = client.chat.completions.create(model=model, **kwargs)
     via_engine = direct.chat.completions.create(model=model, **kwargs)
@@ -102,12 +103,18 @@ def test_greedy_through_router_equals_engine_called_directly(stack, client, mode
     assert via_router.usage == via_engine.usage
 
 
-def test_request_id_is_returned_and_reaches_the_engine(stack, client):
-    raw = client.chat.completions.with_raw_response.create(
-        model=LLAMA, messages=PROMPT, max_tokens=2, extra_headers={"x-request-id": "audit-test-0001"}
-    )
-    assert raw.headers["x-request-id"] == "audit-test-0001"
-    assert raw.parse().id.endswith("audit-test-0001")
+def test_request_ids_are_assigned_by_the_server_and_reach_the_engine(stack, client):
+    """The client's x-request-id is echoed for correlation; the id that keys the trail, the
+    ledger and feedback is the router's own, so two clients can never collide on one."""
+    ids = []
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(
+            model=LLAMA, messages=PROMPT, max_tokens=2, extra_headers={"x-request-id": "same-client-id"}
+        )
+        assert raw.headers["x-request-id"] == "same-client-id"
+        ids.append(raw.headers["x-govllm-request-id"])
+        assert raw.parse().id == f"chatcmpl-{ids[-1]}"
+    assert ids[0] != ids[1] and all(len(i) == 32 for i in ids)
 
 
 def test_health_and_readiness_need_no_key(stack):

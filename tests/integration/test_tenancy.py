@@ -147,16 +147,11 @@ def test_store_outage_fails_closed_for_budgeted_tenants_only(stack):
     assert call(stack, budgeted).status_code == 200
 
 
-def _export(stack, tenant: str) -> list[dict]:
-    out = stack.cli("audit", "export", "--tenant", tenant)
-    return [json.loads(line) for line in out.stdout.splitlines()]
-
-
 def _wait_uploaded(stack, request_ids: set[str], tenant: str, timeout: float = 60) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        records = _export(stack, tenant)
-        if request_ids <= {r["request_id"] for r in records}:
+        records = stack.audit_export(tenant)
+        if request_ids <= {r.get("client_request_id") for r in records}:
             return records
         time.sleep(2)
     raise AssertionError(f"records {request_ids} not in the archive after {timeout}s")
@@ -174,7 +169,8 @@ def test_audit_trail_is_encrypted_complete_and_verifiable(stack, outside):
             for line in resp.iter_lines() if line.startswith("data: {") and '"choices":[{' in line)
     refused = call(stack, key, {**ASK, "max_tokens": -1}, {"x-request-id": "audit-check-2"})
     assert refused.status_code == 400
-    records = {r["request_id"]: r for r in _wait_uploaded(stack, {"audit-check-1", "audit-check-2"}, "other-agency")}
+    records = {r.get("client_request_id"): r
+               for r in _wait_uploaded(stack, {"audit-check-1", "audit-check-2"}, "other-agency")}
     rec = records["audit-check-1"]
     assert rec["prompt"][0]["content"] == secret and rec["output"][0]["text"] == streamed
     assert rec["user"] == "auditee" and rec["credential_id"] == key_id and rec["confidentiality"] == 2
@@ -188,34 +184,29 @@ def test_audit_trail_is_encrypted_complete_and_verifiable(stack, outside):
         data = s3.get_object(Bucket="govllm-audit", Key=obj["Key"])["Body"].read()
         assert secret.encode() not in data
         assert s3.head_object(Bucket="govllm-audit", Key=obj["Key"])["ServerSideEncryption"] == "aws:kms"
-    verify = json.loads(stack.cli("audit", "verify", "--json").stdout)
-    assert verify["ok"] and verify["records"] >= 2 and len(verify["chains"]) >= 2  # two router replicas
+    verify = json.loads(stack.cli("audit", "verify", "--json", check=False).stdout)
+    assert verify["intact"] and verify["problems"] == [], verify["problems"]
+    assert verify["records"] >= 2 and len(verify["chains"]) >= 2  # two router replicas
 
 
-def test_object_store_outage_during_traffic_loses_nothing(stack, outside):
-    key, _ = new_key(stack, "other-agency")
-    ids = {f"outage-{i}" for i in range(12)}
-    with paused(outside["moto"].proc.pid):
-        with ThreadPoolExecutor(4) as pool:
-            statuses = list(pool.map(lambda rid: call(stack, key, headers={"x-request-id": rid}).status_code, sorted(ids)))
-        assert statuses == [200] * 12  # answers are not held up by the archive
-    _wait_uploaded(stack, ids, "other-agency", timeout=120)
-    assert json.loads(stack.cli("audit", "verify", "--json").stdout)["ok"]
-
-
-def test_feedback_only_from_the_requesting_tenant(stack):
+def test_feedback_only_from_the_requesting_tenant_once_per_user(stack):
     key, _ = new_key(stack, "other-agency", "rater")
-    answer = call(stack, key, headers={"x-request-id": "rated-request-1"})
+    answer = call(stack, key)
     assert answer.status_code == 200
+    rated = answer.headers["x-govllm-request-id"]
     time.sleep(0.5)  # the request index is written when the request is settled
-    ok = call(stack, key, {"request_id": "rated-request-1", "rating": 1, "comment": "役に立った"},
+    ok = call(stack, key, {"request_id": rated, "rating": 1, "comment": "役に立った"},
               path="/v1/feedback")
     assert ok.status_code == 201, ok.text
     assert ok.json()["model"] == "tiny-llama-ja" and ok.json()["rating"] == 1
     stranger, _ = new_key(stack, "sample-city")
-    foreign = call(stack, stranger, {"request_id": "rated-request-1", "rating": -1}, path="/v1/feedback")
+    foreign = call(stack, stranger, {"request_id": rated, "rating": -1}, path="/v1/feedback")
     assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "request_not_found"
-    bad = call(stack, key, {"request_id": "rated-request-1", "rating": 5}, path="/v1/feedback")
+    bad = call(stack, key, {"request_id": rated, "rating": 5}, path="/v1/feedback")
     assert bad.status_code == 400
+    again = call(stack, key, {"request_id": rated, "rating": -1}, path="/v1/feedback")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "feedback_already_given"
+    colleague, _ = new_key(stack, "other-agency", "colleague")  # another user of the same tenant
+    assert call(stack, colleague, {"request_id": rated, "rating": -1}, path="/v1/feedback").status_code == 201
     summary = {r["model"]: r for r in json.loads(stack.cli("feedback", "summary", "--json").stdout)}
     assert summary["tiny-llama-ja"]["up"] >= 1

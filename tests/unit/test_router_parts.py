@@ -185,3 +185,27 @@ def test_autoscaling_policy():
     assert data_plane_policy(Ctx())[0] == 4
     Ctx.aggregated_metrics = {}
     assert data_plane_policy(Ctx())[0] == 3  # no signal: hold
+
+
+def test_ejection_cuts_short_what_waits_on_the_replica_and_is_shared():
+    async def go():
+        table = EndpointTable()
+        table.update({"a": [{"replica_id": "r0", "url": "http://h:0"}]})
+        ep = table.by_model["a"][0]
+
+        async def waiting():
+            async with asyncio.timeout(None) as deadline:
+                ep.waiting.add(deadline)
+                await asyncio.sleep(30)
+
+        task = asyncio.create_task(waiting())
+        await asyncio.sleep(0)
+        table.eject(ep, "hung")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(task, 1)
+        assert table.take_reports() == [("r0", table.eject_s)] and table.take_reports() == []
+        # another router's ejection arrives through the registry: ejected here, not reported back
+        other = EndpointTable()
+        other.update({"a": [{"replica_id": "r0", "url": "http://h:0", "ejected_s": 3.0}]})
+        assert other.replica_count("a") == 0 and other.take_reports() == []
+    run(go())

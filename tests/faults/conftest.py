@@ -1,0 +1,115 @@
+"""The fault suite's own stack: the embedded default with tight timeouts, small admission bounds,
+two router replicas, an S3/KMS archive that can be stopped, and an audit spool on a small tmpfs
+that can be filled.
+
+Its tests kill, stop and starve the real processes (engines, router replicas, Redis, the S3
+server, the spool's disk) in the middle of real traffic and then check the promises: every
+request on the audit trail exactly once, the ledger equal to the tokens delivered, no
+reservation left, nothing reaching an engine without the router, failover within seconds.
+Files run in name order; the ones that leave a replica restarting (router and engine kills)
+come last. docs/reliability.md is the fault matrix these tests prove.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster.spec import DEFAULT_SPEC_PATH
+from govllm.runtime_env import free_port
+from tests import stack as stacks
+from tests.servers import AWS_ENV, start_moto
+
+#: The model flooded by the admission tests: 4 slots per replica, shared by 2 routers.
+FLOODED = "tiny-qwen2-ja"
+#: The model most other faults use: room for a few hundred concurrent streams.
+WORKHORSE = "tiny-llama-ja"
+SPOOL_TMPFS_MB = 48
+
+FAULT_TENANTS = [
+    {"id": "fault-bill", "name": "課金検証町", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"monthly_token_budget": 50_000_000}},
+    {"id": "fault-store", "name": "障害検証市", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"monthly_token_budget": 50_000_000}},
+    {"id": "fault-flood", "name": "洪水市", "kind": "municipality", "max_confidentiality": 1},
+    {"id": "fault-quiet", "name": "静穏町", "kind": "municipality", "max_confidentiality": 1},
+    {"id": "fault-agency", "name": "検証省", "kind": "agency", "max_confidentiality": 2},
+]
+
+
+def _mount_tmpfs(path: Path, size_mb: int) -> bool:
+    """A small filesystem for the spool, so a test can fill it; False where mounting is not allowed."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        return False
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                         capture_output=True, text=True)
+    return out.returncode == 0
+
+
+@pytest.fixture(scope="package")
+def archive():
+    """S3 and KMS (moto, separate processes so each can fail alone) for the audit archive."""
+    for key, value in AWS_ENV.items():
+        os.environ.setdefault(key, value)
+    s3_server, kms_server = start_moto(), start_moto()
+    s3 = s3_server.client("s3")
+    s3.create_bucket(Bucket="fault-audit",
+                     CreateBucketConfiguration={"LocationConstraint": "ap-northeast-1"})
+    key_id = kms_server.client("kms").create_key(Description="govllm fault suite")["KeyMetadata"]["KeyId"]
+    yield {"s3": s3_server, "kms": kms_server, "kms_key_id": key_id}
+    s3_server.stop()
+    kms_server.stop()
+
+
+@pytest.fixture(scope="package")
+def fault_stack(tmp_path_factory, archive):
+    root = tmp_path_factory.mktemp("faults")
+    spool = root / "spool"
+    tmpfs = _mount_tmpfs(spool, SPOOL_TMPFS_MB)
+    spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
+    spec["state_dir"] = str(root / "state")
+    spec["router"].update(
+        port=free_port(), min_replicas=2, max_replicas=2,
+        request_header_timeout_s=2, request_body_timeout_s=2,
+        upstream_first_byte_timeout_s=4, stream_idle_timeout_s=3,
+        max_queue_wait_s=2, replica_probe_interval_s=0.5, replica_eject_s=2, engine_stall_s=3,
+    )
+    for model in spec["models"]:
+        model["replicas"] = ({"max_ongoing_requests": 4, "max_queued_requests": 2}
+                             if model["id"] == FLOODED else
+                             {"max_ongoing_requests": 256, "max_queued_requests": 256})
+    spec["store"] = {"embedded": True, "port": free_port()}
+    spec["auth"]["key_staleness_s"] = 3
+    spec["tenants"] += FAULT_TENANTS
+    spec["audit"] = {
+        "enabled": True,
+        "batch_max_s": 0.5,
+        "spool_dir": str(spool),
+        "sink": {"type": "s3", "bucket": "fault-audit", "endpoint_url": archive["s3"].url,
+                 "sse_kms_key_id": archive["kms_key_id"]},
+        "keys": {"type": "kms", "key_id": archive["kms_key_id"], "endpoint_url": archive["kms"].url},
+    }
+    stack = stacks.start(root, spec)
+    stack.spool_dir, stack.spool_tmpfs = spool, tmpfs
+    stack.initial_router_pids = stack.replica_pids("router")
+    try:
+        yield stack
+    finally:
+        try:
+            stacks.stop(stack)
+        finally:
+            if tmpfs:
+                subprocess.run(["umount", "-l", str(spool)], check=False)
+
+
+@pytest.fixture(scope="package")
+def openai_client(fault_stack):
+    from openai import OpenAI
+
+    return OpenAI(base_url=fault_stack.base_url + "/v1", api_key=fault_stack.api_key,
+                  max_retries=0, timeout=60)
