@@ -124,7 +124,8 @@ class EndpointTable:
         except RuntimeError:  # no event loop: nobody can be waiting
             return
         for deadline in list(ep.waiting):
-            deadline.reschedule(now)
+            if not deadline.expired():  # the one that just fired may be what ejects
+                deadline.reschedule(now)
 
     def take_reports(self) -> list[tuple[str, float]]:
         """Ejections to share with the other routers through the registry (then forgotten)."""

@@ -153,21 +153,24 @@ def _dechunk(payload: bytes, buf: bytes) -> tuple[bytes, bytes, bool]:
 
 
 def trickle(port: int, data: bytes, *, hold_s: float) -> tuple[float, bytes]:
-    """Send `data`, then nothing; return how long until the server answered, and what it said."""
+    """Send `data`, then nothing; return how long until the server answered, and its whole answer."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=hold_s + 30)
     try:
         sock.sendall(data)
         started = time.monotonic()
-        answer = b""
+        answer, answered_at = b"", None
         while True:
             chunk = sock.recv(65536)
             if not chunk:
                 break
+            answered_at = answered_at or time.monotonic()
             answer += chunk
-            if b"\r\n\r\n" in answer and (b"Connection: close" in answer or b"connection: close" in answer
-                                         or len(answer) > 200):
+            head, sep, body = answer.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if sep and length is not None and len(body) >= length:
                 break
-        return time.monotonic() - started, answer
+        return (answered_at or time.monotonic()) - started, answer
     finally:
         sock.close()
 

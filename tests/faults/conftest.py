@@ -75,7 +75,7 @@ def fault_stack(tmp_path_factory, archive):
     spec["state_dir"] = str(root / "state")
     spec["router"].update(
         port=free_port(), min_replicas=2, max_replicas=2,
-        request_header_timeout_s=2, request_body_timeout_s=2,
+        request_header_timeout_s=5, request_body_timeout_s=2,
         upstream_first_byte_timeout_s=4, stream_idle_timeout_s=3,
         max_queue_wait_s=2, replica_probe_interval_s=0.5, replica_eject_s=2, engine_stall_s=3,
     )
@@ -105,6 +105,30 @@ def fault_stack(tmp_path_factory, archive):
         finally:
             if tmpfs:
                 subprocess.run(["umount", "-l", str(spool)], check=False)
+
+
+@pytest.fixture(autouse=True)
+def recovered(request):
+    """Each test starts from a serving stack: the previous one may have left a store or a replica
+    recovering (a key cache reconfirming, a replica readmitted after its ejection time)."""
+    if "fault_stack" not in request.fixturenames:
+        return
+    stack = request.getfixturevalue("fault_stack")
+    import httpx
+
+    from tests.faults.clients import wait_until
+
+    def serving() -> bool:
+        for _ in range(6):  # spread over both router replicas
+            resp = httpx.post(stack.base_url + "/v1/chat/completions", timeout=30,
+                              headers={"Authorization": f"Bearer {stack.api_key}"},
+                              json={"model": "default", "max_tokens": 1,
+                                    "messages": [{"role": "user", "content": "準備"}]})
+            if resp.status_code != 200:
+                return False
+        return True
+
+    wait_until(serving, timeout_s=90, interval_s=0.5, what="stack serving before the test")
 
 
 @pytest.fixture(scope="package")

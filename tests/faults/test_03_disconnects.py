@@ -54,7 +54,16 @@ def test_random_disconnects_lose_nothing_and_bill_what_was_delivered(fault_stack
     kinds = Counter(how for _, how, _, _ in results)
     assert all(kinds[k] >= 10 for k in ("before_headers", "mid_stream", "before_done", "complete")), kinds
 
-    records = records_for(fault_stack, TENANT, {cid for cid, *_ in results}, timeout_s=180)
+    try:
+        records = records_for(fault_stack, TENANT, {cid for cid, *_ in results}, timeout_s=180)
+    except AssertionError:
+        seen = {r.get("client_request_id") for r in fault_stack.audit_export(TENANT)}
+        for cid, how, tokens, got in results:
+            if cid not in seen:
+                print(f"\nmissing {cid} ({how}, {tokens} tokens): status {got.status} "
+                      f"{got.headers} events {len(got.events)} done {got.done} "
+                      f"closed_by_server {got.closed_by_server}")
+        raise
     cut = sum(1 for cid, how, _, _ in results if how == "mid_stream" and records[cid][0]["status"] == 499)
     assert cut >= 20, f"only {cut} streams were cut while the router was still sending"
     billed = 0

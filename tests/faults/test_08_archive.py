@@ -18,16 +18,18 @@ pytestmark = pytest.mark.faults
 def test_archive_outage_loses_nothing(fault_stack, archive):
     ids = [f"archive-{i}" for i in range(24)]
 
-    def ask(cid: str) -> int:
-        return httpx.post(
+    def ask(cid: str) -> tuple[int, str]:
+        resp = httpx.post(
             fault_stack.base_url + "/v1/chat/completions", timeout=60,
             headers={"Authorization": f"Bearer {fault_stack.api_key}", "x-request-id": cid},
             json={"model": WORKHORSE, "max_tokens": 3, "messages": [{"role": "user", "content": cid}]},
-        ).status_code
+        )
+        return resp.status_code, resp.text[:200] if resp.status_code != 200 else ""
 
     with paused(archive["s3"].proc.pid):
         with ThreadPoolExecutor(6) as pool:
-            assert list(pool.map(ask, ids)) == [200] * len(ids)
+            answers = list(pool.map(ask, ids))
+    assert [status for status, _ in answers] == [200] * len(ids), answers
     records = records_for(fault_stack, "dev-local", set(ids), timeout_s=120)
     assert all(len(records[cid]) == 1 and records[cid][0]["status"] == 200 for cid in ids)
     code, report = fault_stack.audit_verify()

@@ -4,6 +4,8 @@ returns, and the trail still verifies."""
 from __future__ import annotations
 
 import errno
+import os
+import time
 
 import httpx
 import pytest
@@ -18,18 +20,20 @@ GENERATED = "vllm:generation_tokens_total"
 
 
 def _fill(path) -> int:
-    filler = path / "filler"
+    """Take every free byte of the spool's filesystem (large blocks first, then smaller ones)."""
+    fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     written = 0
-    with open(filler, "wb") as f:
-        block = b"\0" * (1 << 20)
-        while True:
-            try:
-                f.write(block)
-                f.flush()
-                written += len(block)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
+    try:
+        for size in (1 << 20, 1 << 16, 1 << 12, 1 << 8, 1):
+            block = b"\0" * size
+            while True:
+                try:
+                    written += os.write(fd, block)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+                    break
+    finally:
+        os.close(fd)
     return written
 
 
@@ -40,6 +44,7 @@ def test_full_spool_refuses_before_dispatch_and_recovers(fault_stack):
     ask = {"model": WORKHORSE, "max_tokens": 4, "messages": [{"role": "user", "content": "満杯"}]}
     before = fault_stack.engine_metric(WORKHORSE, GENERATED)
     assert _fill(fault_stack.spool_dir) > 0
+    time.sleep(2 * fault_stack.spec["audit"]["batch_max_s"] + 1)  # the open segments rotate: no room left
     try:
         refused = [httpx.post(fault_stack.base_url + "/v1/chat/completions", json=ask, timeout=30,
                               headers={**auth, "x-request-id": f"full-{i}"}) for i in range(4)]

@@ -209,3 +209,18 @@ def test_ejection_cuts_short_what_waits_on_the_replica_and_is_shared():
         other.update({"a": [{"replica_id": "r0", "url": "http://h:0", "ejected_s": 3.0}]})
         assert other.replica_count("a") == 0 and other.take_reports() == []
     run(go())
+
+
+def test_ejecting_from_the_handler_of_an_expired_deadline_is_safe():
+    """The relay ejects a replica after its own idle deadline fired (still registered)."""
+    async def go():
+        table = EndpointTable()
+        table.update({"a": [{"replica_id": "r0", "url": "http://h:0"}]})
+        ep = table.by_model["a"][0]
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.01) as deadline:
+                ep.waiting.add(deadline)
+                await asyncio.sleep(1)
+        table.eject(ep, "stream went silent")  # must not raise on the expired deadline
+        assert ep.ejected
+    run(go())
