@@ -231,7 +231,7 @@ class Dispatcher:
                 raise _Failed(APIError(503, "connection refused", code="model_unavailable"),
                               free=True) from exc
             except _BROKEN as exc:
-                self._table.eject(ep, "connection broken")
+                self._table.eject(ep, "connection broken", failed=True)
                 ctx.attempts.append(f"{where}: connection broken")
                 raise _Failed(APIError(503, "the replica closed the connection",
                                        code="model_unavailable"), free=False) from exc
@@ -243,7 +243,7 @@ class Dispatcher:
                 await self._relay_body(ctx, resp, answer, send)
                 return
             if answer is None:  # the engine failed before its first token: invisible to the client
-                self._table.eject(ep, "engine failed before its first token")
+                self._table.eject(ep, "engine failed before its first token", failed=True)
                 ctx.attempts.append(f"{where}: engine failed before the first token")
                 raise _Failed(APIError(503, "the engine failed before answering",
                                        code="model_unavailable"), free=False)
@@ -261,7 +261,7 @@ class Dispatcher:
         ctx.attempts.append(f"{where}: HTTP {resp.status}")
         error = await self._upstream_error(ctx, ep, resp.status, raw)
         if resp.status >= 500 and not await self.healthy(ep):
-            self._table.eject(ep, f"engine failed (HTTP {resp.status})")
+            self._table.eject(ep, f"engine failed (HTTP {resp.status})", failed=True)
             raise _Failed(error, free=False)
         raise error
 
@@ -348,7 +348,10 @@ class Dispatcher:
                         break
                     pending += data
         except TimeoutError:
-            if ep.cuts != cuts:
+            if ep.cuts != cuts and ep.failed:
+                failure = APIError(502, f"The model failed while generating this answer ({ep.reason}); "
+                                   "the answer is incomplete.", code="engine_failed")
+            elif ep.cuts != cuts:
                 failure = APIError(504, f"The model's replica stopped answering ({ep.reason}); the "
                                    "answer is incomplete.", code="upstream_timeout")
             else:
@@ -358,13 +361,13 @@ class Dispatcher:
         except _BROKEN:
             failure = APIError(502, "The model's replica closed the stream; the answer is incomplete.",
                                code="engine_failed")
-            self._table.eject(ep, "stream broken")
+            self._table.eject(ep, "stream broken", failed=True)
         finally:
             ep.waiting.discard(deadline)
             ctx.usage = meter.delivered()
         if failure is None and meter.error is not None:
             failure = APIError(502, meter.error["message"], code="engine_failed")
-            self._table.eject(ep, "engine failed mid-stream")
+            self._table.eject(ep, "engine failed mid-stream", failed=True)
         elif failure is None and not done:
             failure = APIError(502, "The model's replica ended the stream early; the answer is "
                                "incomplete.", code="engine_failed")

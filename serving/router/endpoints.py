@@ -53,6 +53,7 @@ class Endpoint:
     ejected_until: float = 0.0
     ejections: int = 0  # in a row; reset by a request that succeeds
     reason: str = ""
+    failed: bool = False  # ejected because its engine failed (not merely slow or silent)
     cuts: int = 0  # ejections so far: an attempt that sees this change was cut short by one
     waiting: set = field(default_factory=set, repr=False)  # deadlines of requests on this replica
 
@@ -104,18 +105,19 @@ class EndpointTable:
         a, b = self.rng.sample(eps, 2)
         return a if a.load <= b.load else b
 
-    def eject(self, ep: Endpoint, reason: str, *, hold_s: float | None = None,
+    def eject(self, ep: Endpoint, reason: str, *, failed: bool = False, hold_s: float | None = None,
               report: bool = True) -> None:
         """Take a replica out of rotation and cut short what waits on it.
 
-        A health probe may readmit it once its ejection time is over.
+        `failed`: its engine failed (the requests cut short are told so), rather than being
+        slow or silent. A health probe may readmit it once its ejection time is over.
         """
         if ep.ejected:
             return
         ep.ejections += 1
         hold = hold_s if hold_s is not None else self.eject_s * min(2 ** (ep.ejections - 1),
                                                                     _MAX_EJECT_FACTOR)
-        ep.ejected, ep.ejected_until, ep.reason = True, time.monotonic() + hold, reason
+        ep.ejected, ep.ejected_until, ep.reason, ep.failed = True, time.monotonic() + hold, reason, failed
         ep.cuts += 1
         if report:
             self.reports.append((ep.replica_id, hold))
