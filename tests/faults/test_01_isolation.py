@@ -51,3 +51,39 @@ def test_the_same_request_through_the_router_does_reach_the_engine(fault_stack, 
     openai_client.chat.completions.create(model=WORKHORSE, max_tokens=5,
                                           messages=[{"role": "user", "content": "経由"}])
     assert fault_stack.engine_metric(WORKHORSE, GENERATED) > before
+
+
+def test_haproxy_stats_page_listens_on_localhost_only(fault_stack):
+    """Ray binds HAProxy's stats page to every interface; govllm-haproxy moves it to 127.0.0.1."""
+    import re
+    import socket
+
+    from govllm.runtime_env import haproxy_dir
+
+    configs = list(haproxy_dir(fault_stack.state_dir / "run").glob("*/haproxy.cfg"))
+    assert configs, "no HAProxy configuration found for this stack"
+    stats = configs[0].read_text().split("listen stats", 1)[1]
+    port = int(re.search(r"bind 127\.0\.0\.1:(\d+)", stats).group(1))
+    with socket.create_connection(("127.0.0.1", port), timeout=5):
+        pass  # reachable locally
+    node_ip = socket.gethostbyname(socket.gethostname())
+    if node_ip.startswith("127."):
+        node_ip = _non_loopback_ip()
+    if node_ip is None:
+        pytest.skip("this host has no address besides loopback to try the stats port on")
+    with pytest.raises(OSError):
+        socket.create_connection((node_ip, port), timeout=5).close()
+
+
+def _non_loopback_ip() -> str | None:
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent: only picks the outgoing interface
+        ip = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if ip.startswith("127.") else ip
