@@ -48,6 +48,43 @@ BODY = json.dumps({
 }).encode()
 
 
+#: One streamed chunk as vLLM 0.32 sends it with continuous_usage_stats (what the router meters).
+CHUNK = (b'data: {"id":"chatcmpl-0123456789abcdef0123456789abcdef","object":"chat.completion.chunk",'
+         b'"created":1796093788,"model":"tiny-llama-ja","choices":[{"index":0,"delta":{"content":'
+         b'"\xe4\xbd\x8f\xe6\xb0\x91"},"logprobs":null,"finish_reason":null,"token_ids":null}],"usage":'
+         b'{"prompt_tokens":60,"total_tokens":%d,"completion_tokens":%d,"completion_tokens_details":null}}\n\n')
+
+
+def stream_costs(chunks: int = 20000) -> dict:
+    """Per-chunk cost of reading and removing the engine's token count, and per-body cost of the
+    strict JSON parse, against what the router did before (forward as is; plain json.loads)."""
+    from serving.router.json_body import parse_object
+    from serving.router.metering import StreamMeter
+
+    blocks = [CHUNK % (60 + i, i) for i in range(1, 257)]
+    meter = StreamMeter()
+    t0 = time.perf_counter()
+    for i in range(chunks):
+        out, seen = meter.scan(blocks[i % 256])
+        meter.commit(seen)
+    metered = (time.perf_counter() - t0) / chunks
+    t0 = time.perf_counter()
+    for i in range(chunks):
+        blocks[i % 256].rfind(b"\n\n")  # the router's own per-chunk event cut, kept as the baseline
+    plain = (time.perf_counter() - t0) / chunks
+    t0 = time.perf_counter()
+    for _ in range(chunks // 4):
+        parse_object(BODY)
+    strict = (time.perf_counter() - t0) / (chunks // 4)
+    t0 = time.perf_counter()
+    for _ in range(chunks // 4):
+        json.loads(BODY)
+    loads = (time.perf_counter() - t0) / (chunks // 4)
+    return {"meter_per_chunk_us": round(1e6 * (metered - plain), 2),
+            "strict_json_extra_us": round(1e6 * (strict - loads), 2),
+            "json_loads_us": round(1e6 * loads, 2)}
+
+
 def _config(state: Path, port: int, *, full: bool) -> ServingConfig:
     spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
     spec["state_dir"] = str(state)
@@ -150,6 +187,7 @@ def run(requests: int) -> dict:
 
     return {
         "requests_per_round": requests, "rounds": 3,
+        "stream": stream_costs(),
         "pre_dispatch_p50_us": {"bare": med("bare", "pre_dispatch"), "full": med("full", "pre_dispatch")},
         "added_to_ttft_p50_us": round(med("full", "pre_dispatch") - med("bare", "pre_dispatch"), 1),
         "audit_begin_p50_us": statistics.median(r["steps"]["AuditBegin"] for r in rounds["full"]),
@@ -188,7 +226,12 @@ def main() -> None:
                 f"{result['full_p99_us']['settle']} µs |\n\n"
                 "Pre-dispatch p50 by step (full): "
                 + ", ".join(f"{name} {us} µs" for name, us in result["full_steps_p50_us"].items())
-                + ".\n"
+                + ".\n\n"
+                f"Per streamed chunk, reading and removing the engine's token count (StreamMeter): "
+                f"{result['stream']['meter_per_chunk_us']} µs. Strict JSON parsing of the request "
+                f"body (duplicate keys, constants, surrogates, depth) over plain json.loads: "
+                f"{result['stream']['strict_json_extra_us']} µs (json.loads alone "
+                f"{result['stream']['json_loads_us']} µs).\n"
             )
 
 

@@ -22,11 +22,15 @@ import json
 import re
 from dataclasses import dataclass, field
 
-#: `,"usage":{...}` inside a chunk (the object may hold one level of nested details).
-_USAGE = re.compile(rb',"usage":(\{(?:[^{}]|\{[^{}]*\})*\})')
+#: `,"usage":{...}` inside a chunk (the object may hold one level of nested details), with vLLM's
+#: field order read directly (no JSON parse per chunk); group 3 catches any other order.
+_USAGE = re.compile(
+    rb',"usage":(?:\{"prompt_tokens":(\d+),"total_tokens":\d+,"completion_tokens":(\d+)'
+    rb'(?:[^{}]|\{[^{}]*\})*\}|(\{(?:[^{}]|\{[^{}]*\})*\}))'
+)
 #: The choice index; vLLM always serialises it first in a choice.
 _INDEX = re.compile(rb'"choices":\[\{"index":(\d+)')
-_FINAL = b'"choices":[],"usage":{'
+_EMPTY_CHOICES = b'"choices":[]'
 _EVENT_START = b"data: "
 _ERROR_START = b'data: {"error"'
 _EVENT_END = b"\n\n"
@@ -73,11 +77,12 @@ class StreamMeter:
         pos = 0
         for match in _USAGE.finditer(block):
             start = block.rfind(_EVENT_START, 0, match.start())
-            if block.startswith(_FINAL, block.rfind(b'"choices":', start, match.start())):
-                try:
-                    seen.final = json.loads(match.group(1))
-                except ValueError:
-                    continue
+            counts = _counts(match)
+            if counts is None:
+                continue
+            if block.endswith(_EMPTY_CHOICES, start, match.start()):  # the final usage event
+                seen.final = {"prompt_tokens": counts[0], "completion_tokens": counts[1],
+                              "total_tokens": counts[0] + counts[1]}
                 if not self._keep_final:  # drop the whole event
                     end = block.find(_EVENT_END, match.end())
                     end = len(block) if end < 0 else end + len(_EVENT_END)
@@ -86,13 +91,7 @@ class StreamMeter:
                 continue
             index = _INDEX.search(block, start, match.start())
             if index is not None:
-                try:
-                    usage = json.loads(match.group(1))
-                    seen.per_choice[int(index.group(1))] = (
-                        int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-                    )
-                except (ValueError, TypeError, AttributeError):
-                    pass
+                seen.per_choice[int(index.group(1))] = counts
             if not self._keep_chunk:
                 out.append(block[pos:match.start()])
                 pos = match.end()
@@ -138,6 +137,17 @@ class StreamMeter:
         }
         event = b"data: " + json.dumps({"error": self.error}, ensure_ascii=False).encode() + _EVENT_END
         return block[:start] + event + block[end:]
+
+
+def _counts(match: re.Match) -> tuple[int, int] | None:
+    """(prompt tokens, completion tokens) of a usage match."""
+    if match.group(1) is not None:
+        return int(match.group(1)), int(match.group(2))
+    try:
+        usage = json.loads(match.group(3))
+        return int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def upstream_stream_options(client_options: dict | None) -> dict:

@@ -96,3 +96,13 @@ def test_engine_error_event_restated_and_recorded():
 
 def test_nothing_delivered_is_none():
     assert StreamMeter().delivered() is None
+
+
+def test_usage_in_another_field_order_is_still_read():
+    """vLLM's serialisation order is read directly; any other order falls back to a JSON parse."""
+    chunk = (b'data: {"id":"c","choices":[{"index":0,"delta":{"content":"a"}}],'
+             b'"usage":{"completion_tokens":4,"prompt_tokens":9,"total_tokens":13}}\n\n')
+    meter = StreamMeter()
+    out = feed(meter, chunk)
+    assert b'"usage"' not in out and meter.delivered() == {
+        "prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13}
