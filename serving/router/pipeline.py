@@ -130,13 +130,7 @@ class Authenticate:
                         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
                     ) from None
             elif self._keys is not None:
-                try:
-                    principal = self._keys.authenticate(token)
-                except KeysUnconfirmed as exc:
-                    raise APIError(
-                        503, f"API keys cannot be checked right now ({exc}); retry shortly.",
-                        code="key_store_unavailable", headers={"Retry-After": "2"},
-                    ) from None
+                principal = await self._key_principal(token)
         if principal is None:
             raise APIError(
                 401,
@@ -161,6 +155,28 @@ class Authenticate:
                     code="invalid_usage_type", param="x-govllm-usage-type",
                 )
             ctx.usage_type = value
+
+
+    async def _key_principal(self, token: str) -> Principal | None:
+        """The API key's principal; a stale key copy is confirmed with the store first.
+
+        The copy is normally confirmed every second in the background; after a pause (a
+        store outage, a stopped process) one round trip here decides whether the key is
+        still good, and only when the store cannot answer is the request refused.
+        """
+        try:
+            return self._keys.authenticate(token)
+        except KeysUnconfirmed:
+            pass
+        try:
+            await self._keys.confirm()
+            return self._keys.authenticate(token)
+        except Exception as exc:
+            detail = str(exc) if isinstance(exc, KeysUnconfirmed) else "the key store does not answer"
+            raise APIError(
+                503, f"{detail}; retry shortly.", code="key_store_unavailable",
+                headers={"Retry-After": "2"},
+            ) from None
 
 
 _SCHEMAS = {"chat": ChatCompletionRequest, "completions": CompletionRequest}

@@ -224,3 +224,40 @@ def test_dev_key_issued_once_with_private_mode(store, tmp_path):
     admin.revoke(split_key(key)[0])  # revoked: a new one is issued
     assert ensure_dev_key(admin, tenant="dev-local", key_path=path) is True
     assert path.read_text().strip() != key
+
+
+def test_router_confirms_a_stale_copy_once_before_refusing(store_server, store):
+    """After a pause (no background confirmation for a while) the Authenticate step asks the
+    store once and accepts a good key; only when the store cannot answer does it refuse (503)."""
+    from serving.config import ServingConfig, TenantSettings
+    from serving.router.errors import APIError
+    from serving.router.pipeline import Authenticate, RequestContext
+
+    settings, keys = store
+    admin = KeyAdmin(sync_client(settings), keys)
+    key, _ = admin.create("a", "u")
+    config = ServingConfig(models=({"id": "m", "max_model_len": 16},),
+                           tenants=(TenantSettings(id="a", name="A", kind="agency"),))
+
+    def ctx() -> RequestContext:
+        return RequestContext(request_id="r", operation="chat",
+                              scope={"headers": [(b"authorization", f"Bearer {key}".encode())]})
+
+    async def go():
+        cache = KeyCache(async_client(settings), keys, staleness_s=0.3, confirm_s=0.25)
+        await cache.load()
+        step = Authenticate(config, keys=cache)
+        await asyncio.sleep(0.5)  # stale: nobody confirmed it (no watch task running)
+        assert accepts(cache, key) is None
+        fresh = ctx()
+        await step(fresh)
+        with paused(*store_server.pids):
+            await asyncio.sleep(0.5)
+            with pytest.raises(APIError) as refused:
+                await step(ctx())
+        return fresh, refused.value
+
+    fresh, refused = asyncio.run(go())
+    assert fresh.principal.tenant == "a"
+    assert refused.status == 503 and refused.code == "key_store_unavailable"
+    assert refused.headers["Retry-After"] == "2"
