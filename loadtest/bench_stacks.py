@@ -82,7 +82,8 @@ class Stack:
 
     def start(self, log_dir: Path) -> tuple[str, str | None]:
         env = {**os.environ, **self.env}
-        log = (log_dir / f"{self.name}.log").open("a")
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in self.name)
+        log = (log_dir / f"{safe}.log").open("a")
         self.proc = subprocess.Popen(
             [part.replace("{port}", str(self.port)) for part in self.command],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd, start_new_session=True,
@@ -104,7 +105,11 @@ class Stack:
 
 
 def build_stacks(work: Path, model_path: Path, wanted: list[str]) -> list[Stack]:
-    """Stacks by name; `govllm@KEY=VAL;KEY2=VAL2` is the govllm stack with extra environment."""
+    """Stacks by name; `govllm@KEY=VAL;KEY2=VAL2` is the govllm stack with extra environment.
+
+    `govllm@PYTHONPATH=/path/to/other/checkout` runs another version of govllm (its router and
+    serving code, imported ahead of this one) beside this one, for side-by-side comparisons.
+    """
     py = sys.executable
     cpu_env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
     all_stacks = {
