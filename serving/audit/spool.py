@@ -25,6 +25,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -358,17 +359,14 @@ def _resolve(fut: asyncio.Future, error: Exception | None) -> None:
         fut.set_exception(error)
 
 
-def recover_abandoned(spool_dir: Path) -> int:
-    """Seal the open segments of chains whose writer is gone (directory not locked).
-
-    A torn last frame (a crash mid-write) was never acknowledged: it is cut off.
-    Returns how many segments were sealed.
-    """
-    sealed = 0
+def dead_chains(spool_dir: Path, *, skip: str | None = None) -> Iterator[Path]:
+    """Chain directories whose writer is gone (nobody holds their lock), each locked while the
+    caller works on it; a live writer's directory (its lock held) is passed over."""
     for chain_dir in sorted(p for p in Path(spool_dir).glob("*") if p.is_dir()):
-        lock = chain_dir / "LOCK"
+        if chain_dir.name == skip:
+            continue
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(chain_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError:
             continue
         try:
@@ -376,20 +374,31 @@ def recover_abandoned(spool_dir: Path) -> int:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 continue  # a live writer owns it
-            for open_path in sorted(chain_dir.glob("*.open")):
-                data = open_path.read_bytes()
-                try:
-                    header, frames, clean = segment.read(data)
-                except segment.SegmentCorrupt:
-                    logger.error("abandoned audit segment %s is unreadable; kept for inspection", open_path)
-                    continue
-                if not clean:
-                    _truncate_to_frames(open_path, data, len(frames))
-                seal(open_path, last_seq=header.first_seq + len(frames) - 1, last_digest="", count=len(frames))
-                sealed += 1
+            yield chain_dir
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def recover_abandoned(spool_dir: Path) -> int:
+    """Seal the open segments of chains whose writer is gone (directory not locked).
+
+    A torn last frame (a crash mid-write) was never acknowledged: it is cut off.
+    Returns how many segments were sealed.
+    """
+    sealed = 0
+    for chain_dir in dead_chains(spool_dir):
+        for open_path in sorted(chain_dir.glob("*.open")):
+            data = open_path.read_bytes()
+            try:
+                header, frames, clean = segment.read(data)
+            except segment.SegmentCorrupt:
+                logger.error("abandoned audit segment %s is unreadable; kept for inspection", open_path)
+                continue
+            if not clean:
+                _truncate_to_frames(open_path, data, len(frames))
+            seal(open_path, last_seq=header.first_seq + len(frames) - 1, last_digest="", count=len(frames))
+            sealed += 1
     return sealed
 
 

@@ -16,10 +16,8 @@ uploads or the manifest of one chain.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +27,7 @@ from serving.audit import crypto, segment
 from serving.audit.manifest import ChainManifest, open_manifest, seal_manifest
 from serving.audit.manifest import manifest_key as manifest_object_key
 from serving.audit.objectstore import ObjectStore, object_key, segment_day
-from serving.audit.spool import recover_abandoned
+from serving.audit.spool import dead_chains, recover_abandoned
 
 logger = logging.getLogger("govllm.audit")
 
@@ -102,24 +100,12 @@ class Uploader:
         """
         recover_abandoned(self._dir)
         done = 0
-        for chain_dir in sorted(p for p in self._dir.glob("*") if p.is_dir()):
-            if chain_dir.name == self._own_chain:
-                done += self._upload_chain(chain_dir)
-                continue
-            try:
-                fd = os.open(chain_dir / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError:
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue  # a live replica's chain: its own uploader takes it
-                done += self._upload_chain(chain_dir)
-                _remove_if_finished(chain_dir)
-            finally:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
+        if self._own_chain is not None and (self._dir / self._own_chain).is_dir():
+            done += self._upload_chain(self._dir / self._own_chain)
+        # a live replica's chain is its own uploader's; a dead one's is locked while taken
+        for chain_dir in dead_chains(self._dir, skip=self._own_chain):
+            done += self._upload_chain(chain_dir)
+            _remove_if_finished(chain_dir)
         return done
 
     def _manifest(self, chain: str) -> ChainManifest:

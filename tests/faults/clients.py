@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -135,6 +136,34 @@ def stream(port: int, body: dict, headers: dict[str, str], *, stop_after_events:
             buf += chunk
     finally:
         sock.close()
+
+
+def streams_in_flight(port: int, body: dict, headers: dict[str, dict[str, str]], *,
+                      timeout_s: float = 60.0) -> tuple[list[threading.Thread], dict[str, Received]]:
+    """Start one stream per entry of `headers` (client id -> headers); return once every one
+    has received its first event, so a fault injected next lands while all of them run.
+
+    The results dict fills in as the streams end; join the threads before reading it.
+    """
+    results: dict[str, Received] = {}
+    started = threading.Semaphore(0)
+
+    def one(cid: str) -> None:
+        first: list[int] = []
+
+        def on_event(_: Received) -> None:
+            if not first:
+                first.append(1)
+                started.release()
+
+        results[cid] = stream(port, body, headers[cid], on_event=on_event)
+
+    threads = [threading.Thread(target=one, args=(cid,)) for cid in headers]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        assert started.acquire(timeout=timeout_s), "a stream did not start"
+    return threads, results
 
 
 def _dechunk(payload: bytes, buf: bytes) -> tuple[bytes, bytes, bool]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
-from tests.faults.clients import stream, wait_until
+from tests.faults.clients import streams_in_flight, wait_until
 from tests.faults.conftest import WORKHORSE
 from tests.faults.invariants import records_for
 
@@ -28,26 +27,9 @@ def test_killed_router_leaves_begun_requests_that_verify_names(fault_stack):
     key, _ = fault_stack.new_key("fault-agency", "router-death")
     body = {"model": WORKHORSE, "max_tokens": 1800, "min_tokens": 1800, "ignore_eos": True,
             "messages": [{"role": "user", "content": "経路障害"}]}
-    started = threading.Semaphore(0)
-    results: dict[str, object] = {}
-
-    def one(i: int) -> None:
-        cid = f"router-death-{i}"
-        first = []
-
-        def on_event(got):
-            if not first:
-                first.append(1)
-                started.release()
-
-        results[cid] = stream(fault_stack.port, body, {"Authorization": f"Bearer {key}", "x-request-id": cid},
-                              on_event=on_event)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(STREAMS)]
-    for t in threads:
-        t.start()
-    for _ in range(STREAMS):
-        assert started.acquire(timeout=60)
+    threads, results = streams_in_flight(fault_stack.port, body, {
+        f"router-death-{i}": {"Authorization": f"Bearer {key}", "x-request-id": f"router-death-{i}"}
+        for i in range(STREAMS)})
     victim = routers[0]
     os.kill(victim, signal.SIGKILL)
     killed = time.monotonic()

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from tests.faults.clients import stream
+from tests.faults.clients import streams_in_flight
 from tests.faults.conftest import WORKHORSE
 from tests.faults.invariants import ledger_reaches, ledger_tokens, open_reservations, records_for
 
@@ -29,20 +29,6 @@ def test_dead_engine_fails_over_in_seconds_and_bills_exactly(fault_stack):
     engine = fault_stack.engine_pid(WORKHORSE)
     body = {"model": WORKHORSE, "max_tokens": 1800, "min_tokens": 1800, "ignore_eos": True,
             "messages": [{"role": "user", "content": "機関停止"}]}
-    streaming = threading.Semaphore(0)
-    results = {}
-
-    def one(cid: str) -> None:
-        first = []
-
-        def on_event(_):
-            if not first:
-                first.append(1)
-                streaming.release()
-
-        results[cid] = stream(fault_stack.port, body, {"Authorization": f"Bearer {key}", "x-request-id": cid},
-                              on_event=on_event)
-
     outcomes, stop = [], threading.Event()
 
     def traffic(model: str) -> None:
@@ -60,11 +46,8 @@ def test_dead_engine_fails_over_in_seconds_and_bills_exactly(fault_stack):
     for t in load:
         t.start()
     time.sleep(1)
-    threads = [threading.Thread(target=one, args=(f"death-{i}",)) for i in range(3)]
-    for t in threads:
-        t.start()
-    for _ in threads:
-        assert streaming.acquire(timeout=60)
+    threads, results = streams_in_flight(fault_stack.port, body, {
+        f"death-{i}": {"Authorization": f"Bearer {key}", "x-request-id": f"death-{i}"} for i in range(3)})
     os.kill(engine, signal.SIGKILL)  # while every stream is running
     killed = time.monotonic()
     time.sleep(6)

@@ -30,18 +30,11 @@ from serving.router.pipeline import RequestContext
 from serving.tenancy.quota import QuotaLedger
 from serving.tenancy.reports import feedback_summary
 from serving.tenancy.store import StoreKeys, async_client, sync_client
-from tests.servers import paused, start_store
+from tests.servers import paused
 
 MODEL = ModelRoute(id="m", max_model_len=1000)
 CITY = TenantSettings(id="city", name="市", kind="municipality")
 TOWN = TenantSettings(id="town", name="町", kind="municipality")
-
-
-@pytest.fixture(scope="module", params=["redis", "cluster"])
-def store_server(request, tmp_path_factory):
-    server = start_store(request.param, tmp_path_factory.mktemp(request.param))
-    yield server
-    server.stop()
 
 
 @pytest.fixture

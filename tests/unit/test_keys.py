@@ -14,14 +14,7 @@ import pytest
 from serving.keys import KeyRecord, issue_key, split_key, verify
 from serving.tenancy.keystore import KeyAdmin, KeyCache, KeysUnconfirmed, ensure_dev_key
 from serving.tenancy.store import KEYS_VERSION_FIELD, StoreKeys, async_client, sync_client
-from tests.servers import paused, start_store
-
-
-@pytest.fixture(scope="module", params=["redis", "cluster"])
-def store_server(request, tmp_path_factory):
-    server = start_store(request.param, tmp_path_factory.mktemp(request.param))
-    yield server
-    server.stop()
+from tests.servers import paused
 
 
 @pytest.fixture

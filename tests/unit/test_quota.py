@@ -7,15 +7,13 @@ import asyncio
 import time
 import uuid
 
-import pytest
-
 from serving.config import ModelRoute, ServingConfig, TenantLimits, TenantSettings
 from serving.router.errors import APIError
 from serving.router.pipeline import RequestContext
 from serving.tenancy.quota import QuotaLedger, month_of, reservation_for, seconds_to_next_month
 from serving.tenancy.reports import usage
 from serving.tenancy.store import StoreKeys, async_client, sync_client
-from tests.servers import paused, start_store
+from tests.servers import paused
 
 MODEL = ModelRoute(id="m", max_model_len=1000)
 
@@ -28,13 +26,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture(scope="module", params=["redis", "cluster"])
-def store_server(request, tmp_path_factory):
-    server = start_store(request.param, tmp_path_factory.mktemp(request.param))
-    yield server
-    server.stop()
 
 
 def config(server, *, timeout_s: float = 2.0, **limits) -> ServingConfig:
