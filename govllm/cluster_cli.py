@@ -21,12 +21,28 @@ ModelOption = typer.Option(..., "--model", "-m", help="Model id (as in the spec)
 EndpointOption = typer.Option(None, "--endpoint-url", envvar="AWS_ENDPOINT_URL_S3",
                               help="S3-compatible endpoint (non-AWS clouds).")
 RegionOption = typer.Option(None, "--region", envvar="AWS_REGION", help="Object storage region.")
+WorkersOption = typer.Option(4, "--workers", "-j", min=1, max=64, envvar="GOVLLM_WEIGHTS_WORKERS",
+                             help="Files transferred in parallel (memory: about workers x 3 parts).")
+ChecksumsOption = typer.Option(
+    "auto", "--checksums", envvar="GOVLLM_S3_CHECKSUMS",
+    help="boto3 request/response checksums: when_supported (AWS default), when_required (what "
+    "S3-compatible services accept), auto (when_required with an endpoint URL).")
 
 
-def _client(endpoint_url: str | None, region: str | None):
+def _client(endpoint_url: str | None, region: str | None, checksums: str = "auto", workers: int = 4):
     from cluster.weights import s3_client
+    from serving.s3checksums import CHECKSUM_MODES
 
-    return s3_client(endpoint_url=endpoint_url, region=region)
+    if checksums not in CHECKSUM_MODES:
+        raise typer.BadParameter(f"one of {', '.join(CHECKSUM_MODES)}", param_hint="--checksums")
+    return s3_client(endpoint_url=endpoint_url, region=region, checksums=checksums,  # type: ignore[arg-type]
+                     workers=workers)
+
+
+def _progress(description: str):
+    from govllm.progress import progress
+
+    return progress(description, "bytes")
 
 
 def _finish(report, verb: str) -> None:
@@ -39,6 +55,8 @@ def _finish(report, verb: str) -> None:
         typer.echo(f"{report.model}: {verb} FAILED ({len(report.problems)} problem(s))", err=True)
         raise typer.Exit(1)
     extra = f", {report.skipped} already present" if report.skipped else ""
+    if report.skipped:
+        extra += f" ({report.rehashed} re-hashed)"
     typer.echo(f"{report.model}: {verb} ok: {report.files} files, {report.bytes} bytes{extra}")
 
 
@@ -52,13 +70,20 @@ def weights_push(
     part_size_mib: int = typer.Option(64, min=5, help="Multipart part size (S3 minimum: 5 MiB)."),
     endpoint_url: str | None = EndpointOption,
     region: str | None = RegionOption,
+    workers: int = WorkersOption,
+    checksums: str = ChecksumsOption,
 ) -> None:
-    """Upload a checkpoint (multipart, SSE-KMS) with a per-file SHA-256 manifest, written last."""
+    """Upload a checkpoint (multipart, SSE-KMS) with a per-file SHA-256 manifest, written last.
+
+    Each file is read once (hashed while it is uploaded); files go up in parallel.
+    """
     from cluster.weights import WeightsError, push
 
     try:
-        manifest = push(_client(endpoint_url, region), model, source, dest, kms_key_id=kms_key_id,
-                        part_size=part_size_mib * 2**20)
+        with _progress(f"push {model}") as bar:
+            manifest = push(_client(endpoint_url, region, checksums, workers), model, source, dest,
+                            kms_key_id=kms_key_id, part_size=part_size_mib * 2**20,
+                            workers=workers, progress=bar)
     except WeightsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
@@ -75,12 +100,16 @@ def weights_verify(
                                        help="Also check the vendor's local files against the manifest."),
     endpoint_url: str | None = EndpointOption,
     region: str | None = RegionOption,
+    workers: int = WorkersOption,
+    checksums: str = ChecksumsOption,
 ) -> None:
     """Re-read every object of the bucket copy: size, SHA-256 and SSE-KMS against the manifest."""
     from cluster.weights import WeightsError, verify
 
     try:
-        report = verify(_client(endpoint_url, region), model, dest, local=source)
+        with _progress(f"verify {model}") as bar:
+            report = verify(_client(endpoint_url, region, checksums, workers), model, dest,
+                            local=source, workers=workers, progress=bar)
     except WeightsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
@@ -94,12 +123,22 @@ def weights_pull(
     dest: Path = typer.Option(..., "--to", help="Local directory (the chart's staged path)."),
     endpoint_url: str | None = EndpointOption,
     region: str | None = RegionOption,
+    workers: int = WorkersOption,
+    checksums: str = ChecksumsOption,
+    rehash: bool = typer.Option(False, "--rehash", help="Re-read files already in place even when "
+                                "the last pull's manifest records their size and modification time."),
 ) -> None:
-    """Download and verify every file (the chart's weight-staging init step); idempotent."""
+    """Download and verify every file (the chart's weight-staging init step); idempotent.
+
+    Files a previous pull left in place (same size and modification time as its manifest
+    records) are kept without reading them again.
+    """
     from cluster.weights import WeightsError, pull
 
     try:
-        report = pull(_client(endpoint_url, region), model, source, dest)
+        with _progress(f"pull {model}") as bar:
+            report = pull(_client(endpoint_url, region, checksums, workers), model, source, dest,
+                          workers=workers, rehash=rehash, progress=bar)
     except WeightsError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None

@@ -290,6 +290,11 @@ class S3Sink(_Strict):
     sse_kms_key_id: str | None = Field(
         default=None, description="SSE-KMS key for the objects; default: the audit KMS key."
     )
+    checksums: Literal["auto", "when_supported", "when_required"] = Field(
+        default="auto",
+        description="boto3 request/response checksums (serving/s3checksums.py): auto = "
+        "when_required with an endpoint URL (S3-compatible services), when_supported on AWS.",
+    )
 
 
 class DirectorySink(_Strict):

@@ -101,11 +101,16 @@ class S3Store:
         import boto3
         from botocore.config import Config
 
+        from serving.s3checksums import client_config
+
         # Short timeouts: a hung store must not block the uploader thread for minutes;
-        # the uploader retries on its own schedule.
+        # the uploader retries on its own schedule. A pool for `govllm audit verify`'s
+        # parallel reads (serving/audit/fetch.py).
         self._s3 = boto3.client(
             "s3", region_name=sink.region, endpoint_url=sink.endpoint_url,
-            config=Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2}),
+            config=Config(connect_timeout=5, read_timeout=15, retries={"max_attempts": 2},
+                          max_pool_connections=32,
+                          **client_config(sink.checksums, sink.endpoint_url)),
         )
         self.bucket = sink.bucket
         self.prefix = sink.prefix
