@@ -193,6 +193,14 @@ def _audit_inputs(cluster_spec: ClusterSpec):
 
 FromOption = typer.Option(None, "--from", help="Start (ISO date or time; Asia/Tokyo unless given). Default: today.")
 ToOption = typer.Option(None, "--to", help="End (ISO date or time). Default: end of today.")
+AuditWorkersOption = typer.Option(8, "--workers", "-j", min=1, max=64, envvar="GOVLLM_AUDIT_WORKERS",
+                                  help="Segments fetched and decrypted in parallel.")
+
+
+def _segments_progress(description: str):
+    from govllm.progress import progress
+
+    return progress(description, "segments")
 
 
 @audit_app.command("verify")
@@ -201,6 +209,7 @@ def audit_verify(
     end: str | None = ToOption,
     spec: Path | None = SpecOption,
     as_json: bool = typer.Option(False, "--json"),
+    workers: int = AuditWorkersOption,
 ) -> None:
     """Download, decrypt and check the hash chains, manifests and chain heads.
 
@@ -214,7 +223,9 @@ def audit_verify(
 
     lo, hi = _range(start, end)
     store, keys, heads = _audit_inputs(_load(spec))
-    report, _ = walk(store, keys, lo, hi, heads=heads)
+    with _segments_progress("audit verify") as bar:
+        report, _ = walk(store, keys, lo, hi, heads=heads, workers=workers, keep_records=False,
+                         progress=bar)
     verdict = {"ok": "OK", "broken": "PROBLEMS FOUND",
                "unclosed": f"INTACT, {len(report.unclosed)} UNCLOSED REQUEST(S)"}[report.status]
     lines = [f"{report.objects} objects, {report.records} records, {len(report.chains)} chains "
@@ -261,6 +272,7 @@ def audit_export(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="JSON Lines file (created mode 0600); default stdout."),
     spec: Path | None = SpecOption,
+    workers: int = AuditWorkersOption,
 ) -> None:
     """Decrypt records for an authorised auditor (JSON Lines), after verifying them.
 
@@ -272,7 +284,8 @@ def audit_export(
 
     lo, hi = _range(start, end)
     store, keys, heads = _audit_inputs(_load(spec))
-    report, records = walk(store, keys, lo, hi, heads=heads)
+    with _segments_progress("audit export") as bar:
+        report, records = walk(store, keys, lo, hi, heads=heads, workers=workers, progress=bar)
     chosen = [r for r in merge_requests(records) if tenant is None or r.get("tenant") == tenant]
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen)
     if output:

@@ -23,15 +23,23 @@ archive, since deletion would then go unnoticed:
 
 Requests whose begin record (in the range) has no end record are reported
 as unclosed; ends that fall into the next day's segments are looked for there.
+
+Speed and memory. A day is ~17k segments per router replica, each with its own data key (one
+KMS call). The segments of the range are fetched, unwrapped and decrypted by a bounded thread
+pool a window ahead of the walk (`workers` x 4 segments in memory), while the chains are still
+walked in order on one thread. `keep_records=False` (`audit verify`) keeps no records: only the
+requests still open and per-chain counters, so memory does not grow with the range.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 
@@ -40,6 +48,9 @@ from serving.audit.manifest import ChainManifest, ManifestInvalid, manifest_pref
 from serving.audit.objectstore import TOKYO, ObjectStore, day_key, parse_key, segment_day
 from serving.audit.report import Problem, Report
 from serving.audit.segment import chain_created
+
+if TYPE_CHECKING:
+    from govllm.progress import ProgressSink
 
 __all__ = ["Problem", "Report", "days", "walk"]
 
@@ -69,6 +80,72 @@ class _Segment:
     plains: list[bytes | None]  # decrypted records in order; None where authentication failed
 
 
+@dataclass
+class _Decoded:
+    """One segment read, its data key unwrapped and its frames decrypted (no reporting yet)."""
+
+    header: segment.SegmentHeader | None
+    clean: bool = True
+    plains: list[bytes | None] | None = None
+    error: str | None = None  # unreadable header or data key
+
+
+def _decode(keys: crypto.DataKeys, chain: str, n: int, data: bytes) -> _Decoded:
+    try:
+        header, frames, clean = segment.read(data)
+        data_key = keys.unwrap(header.data_key)
+    except Exception as exc:
+        return _Decoded(None, error=f"unreadable: {type(exc).__name__}: {exc}")
+    plains: list[bytes | None] = []
+    for index, frame in enumerate(frames):
+        try:
+            plains.append(crypto.decrypt(data_key, frame, segment.aad(chain, n, index)))
+        except InvalidTag:
+            plains.append(None)
+    return _Decoded(header, clean, plains)
+
+
+_ABSENT = _Decoded(None, error="absent")  # the object was not there when fetched
+
+
+class _Prefetch:
+    """Fetch + decode the planned segments in a bounded pool, a window ahead of the walk."""
+
+    def __init__(self, fetch: Callable[[str, str, int], _Decoded], plan: list[tuple[str, str, int]],
+                 workers: int):
+        self._fetch, self._plan, self._window = fetch, iter(plan), max(1, workers) * 4
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="audit-fetch")
+        self._ahead: deque[tuple[str, Future]] = deque()
+        self._keys: set[str] = set()
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._ahead) < self._window:
+            item = next(self._plan, None)
+            if item is None:
+                return
+            self._ahead.append((item[0], self._pool.submit(self._fetch, *item)))
+            self._keys.add(item[0])
+
+    def take(self, key: str) -> _Decoded | None:
+        """The decoded segment if it was planned; None: not planned, read it directly."""
+        if key not in self._keys:
+            return None
+        while self._ahead:
+            ahead, future = self._ahead.popleft()
+            self._keys.discard(ahead)
+            if ahead == key:
+                self._fill()
+                return future.result()
+            future.cancel()  # planned but skipped by the walk
+        return None
+
+    def close(self) -> None:
+        for _, future in self._ahead:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 def walk(
     store: ObjectStore,
     keys: crypto.DataKeys,
@@ -76,19 +153,27 @@ def walk(
     end: datetime,
     *,
     heads: dict[str, dict] | None = None,
+    workers: int = 8,
+    keep_records: bool = True,
+    progress: ProgressSink | None = None,
 ) -> tuple[Report, list[dict[str, Any]]]:
     """Verify everything in [start, end]; return the report and the decrypted records in range.
 
     The records are those whose time is in the range, plus the end records of requests that
-    began in the range and ended after it.
+    began in the range and ended after it (none when `keep_records` is False). `progress` is
+    told the number of segments in the range, then each one walked.
     """
-    return _Verifier(store, keys, start, end, heads or {}).run()
+    return _Verifier(store, keys, start, end, heads or {}, workers=workers,
+                     keep_records=keep_records, progress=progress).run()
 
 
 class _Verifier:
     def __init__(self, store: ObjectStore, keys: crypto.DataKeys, start: datetime, end: datetime,
-                 heads: dict[str, dict]):
+                 heads: dict[str, dict], *, workers: int = 8, keep_records: bool = True,
+                 progress: ProgressSink | None = None):
         self.store, self.keys, self.heads = store, keys, heads
+        self.workers, self.keep_records, self.progress = workers, keep_records, progress
+        self._prefetch: _Prefetch | None = None
         self.lo, self.hi = start.timestamp(), end.timestamp()
         self.days = [d.strftime(_DAY) for d in days(start, end)]
         self.first_day, self.last_day = self.days[0], self.days[-1]
@@ -108,9 +193,17 @@ class _Verifier:
         chains = set(found)
         chains |= {c for c, m in manifests.items() if m is not None and set(m.days) & set(self.days)}
         chains |= {c for c, h in self.heads.items() if c not in manifests and self._overlaps(c, h)}
-        for chain in sorted(chains):
-            self._chain(chain, found.get(chain, {}), chain in manifests, manifests.get(chain),
-                        self.heads.get(chain))
+        # the walk reads each chain's segments in the range in ascending order, chains sorted
+        plan = [(found[c][n][1], c, n) for c in sorted(chains) if c in found for n in sorted(found[c])]
+        if self.progress is not None:
+            self.progress.start(len(plan))
+        self._prefetch = _Prefetch(self._fetch, plan, self.workers)
+        try:
+            for chain in sorted(chains):
+                self._chain(chain, found.get(chain, {}), chain in manifests, manifests.get(chain),
+                            self.heads.get(chain))
+        finally:
+            self._prefetch.close()
         self.report.unclosed = sorted(
             (b for rid, b in self.begins.items() if rid not in self.closed),
             key=lambda b: (b["time"] or 0, b["request_id"]),
@@ -368,7 +461,8 @@ class _Verifier:
                     record = json.loads(plain)
                     if record.get("type") in ("end", "request") and isinstance(record.get("request_id"), str):
                         self._close(record["request_id"])
-                        self.late.append(record)
+                        if self.keep_records:
+                            self.late.append(record)
             first, n = False, n + 1
 
     def _check_link(self, chain: str, n: int, key: str, seg: _Segment, tail: Anchor) -> None:
@@ -384,32 +478,37 @@ class _Verifier:
                                 f"{seq if seq is not None else '?'}", key)
 
     # -- reading segments ---------------------------------------------------------------------
-    def _load(self, chain: str, n: int, key: str, day: str) -> _Segment | None:
+    def _fetch(self, key: str, chain: str, n: int) -> _Decoded:
+        """In a pool thread: download and decode one segment."""
         data = self.store.get_if_exists(key)
-        if data is None:
+        return _ABSENT if data is None else _decode(self.keys, chain, n, data)
+
+    def _load(self, chain: str, n: int, key: str, day: str) -> _Segment | None:
+        decoded = self._prefetch.take(key) if self._prefetch is not None else None
+        if decoded is None:
+            decoded = self._fetch(key, chain, n)
+        if self.progress is not None:
+            self.progress.advance(1)
+        if decoded is _ABSENT:
             self.report.problem(chain, "gap", f"segment {n} disappeared while being verified", key)
             return None
-        return self._parse(chain, n, key, data, day)
+        return self._report_decoded(chain, n, key, decoded, day)
 
     def _parse(self, chain: str, n: int, key: str, data: bytes, day: str | None) -> _Segment | None:
         """Read, check and decrypt one segment; problems are reported, None if unusable."""
-        try:
-            header, frames, clean = segment.read(data)
-            data_key = self.keys.unwrap(header.data_key)
-        except Exception as exc:
-            self.report.problem(chain, "bad_segment", f"unreadable: {type(exc).__name__}: {exc}", key)
+        return self._report_decoded(chain, n, key, _decode(self.keys, chain, n, data), day)
+
+    def _report_decoded(self, chain: str, n: int, key: str, decoded: _Decoded,
+                        day: str | None) -> _Segment | None:
+        if decoded.header is None or decoded.plains is None:
+            self.report.problem(chain, "bad_segment", decoded.error or "unreadable", key)
             return None
+        header, clean, plains = decoded.header, decoded.clean, decoded.plains
         if not clean:
             self.report.problem(chain, "tampered", "segment ends inside a frame (truncated)", key)
         if header.chain != chain or header.segment != n or (
                 day is not None and segment_day(header.created) != day):
             self.report.problem(chain, "tampered", "header does not match its object name", key)
-        plains: list[bytes | None] = []
-        for index, frame in enumerate(frames):
-            try:
-                plains.append(crypto.decrypt(data_key, frame, segment.aad(chain, n, index)))
-            except InvalidTag:
-                plains.append(None)
         if day is None and any(p is None for p in plains):
             self.report.problem(chain, "tampered", f"a record of segment {n} (outside the range) fails "
                                 "authentication", key)
@@ -428,16 +527,21 @@ class _Verifier:
                 self.open_by_chain.setdefault(chain, set()).add(rid)
         elif kind in ("end", "request"):
             self._close(rid)
+        if not self.keep_records:
+            return
         if in_range:
             self.records.append(record)
         elif kind == "end":
             self.late.append(record)
 
     def _close(self, rid: Any) -> None:
-        self.closed.add(rid)
         begun = self.begins.get(rid)
         if begun is not None:
             self.open_by_chain.get(begun["chain"], set()).discard(rid)
+            if not self.keep_records:  # only open requests stay in memory
+                del self.begins[rid]
+                return
+        self.closed.add(rid)
 
     def _pending(self, chain: str) -> bool:
         return bool(self.open_by_chain.get(chain))
