@@ -50,10 +50,18 @@ def prepare_models(spec: ClusterSpec) -> None:
         devmodels.generate(path, shape)
 
 
-def wait_ready(url: str, timeout_s: float) -> dict:
-    """Poll /readyz until it answers 200 or `timeout_s` passes; returns its body."""
-    deadline = time.monotonic() + timeout_s
+def wait_ready(url: str, timeout_s: float, *, report=None, interval_s: float = 10.0,
+               detail=None) -> dict:
+    """Poll /readyz until it answers 200 or `timeout_s` passes; returns its body.
+
+    Every `interval_s` (and whenever it changes) `report` gets a line saying what is still
+    awaited: the router itself, or the models without a ready replica; `detail()` may add
+    Serve's own view (deployments still starting, and why).
+    """
+    start = time.monotonic()
+    deadline = start + timeout_s
     last: dict = {}
+    said, said_at = "", 0.0
     while time.monotonic() < deadline:
         try:
             with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:
@@ -61,9 +69,46 @@ def wait_ready(url: str, timeout_s: float) -> dict:
         except urllib.error.HTTPError as exc:
             last = json.loads(exc.read() or b"{}")
         except (urllib.error.URLError, OSError, ValueError):
-            pass
+            last = {}
+        now = time.monotonic()
+        state = awaiting(last)
+        if report is not None and (state != said or now - said_at >= interval_s):
+            extra = detail() if detail is not None else ""
+            report(f"[govllm] waiting for readiness ({now - start:.0f} s of {timeout_s:.0f} s): "
+                   f"{state}{'; ' + extra if extra else ''}")
+            said, said_at = state, now
         time.sleep(0.5)
-    raise TimeoutError(f"router at {url} not ready after {timeout_s:.0f}s; last /readyz: {last}")
+    raise TimeoutError(f"router at {url} not ready after {timeout_s:.0f}s: {awaiting(last)}; "
+                       f"last /readyz: {last}")
+
+
+def awaiting(readyz: dict) -> str:
+    """What a not-ready /readyz body says is missing, in words."""
+    if not readyz:
+        return "the router does not answer yet (Serve is starting its replica)"
+    models = readyz.get("models") or {}
+    waiting = sorted(m for m, v in models.items() if not (v or {}).get("ready_replicas"))
+    parts = []
+    if waiting:
+        parts.append(f"model(s) without a ready replica: {', '.join(waiting)} (engines loading)")
+    if readyz.get("registry_age_s", 0) and readyz.get("registry_age_s", 0) >= 10:
+        parts.append(f"the router's endpoint view is {readyz['registry_age_s']} s old")
+    return "; ".join(parts) or "the router reports not ready"
+
+
+def _serve_detail(app_name: str) -> str:
+    """Serve's deployments that are not running yet, with Serve's message (best effort)."""
+    try:
+        from ray import serve
+
+        app = serve.status().applications.get(app_name)
+    except Exception:
+        return ""
+    if app is None:
+        return "Serve has not deployed the application yet"
+    pending = [f"{name} {d.status}" + (f" ({d.message})" if d.message else "")
+               for name, d in app.deployments.items() if str(d.status) not in ("HEALTHY", "DeploymentStatus.HEALTHY")]
+    return ("Serve: " + ", ".join(pending)) if pending else ""
 
 
 def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) -> int:
@@ -151,7 +196,8 @@ def _serve(spec: ClusterSpec, sdir: Path, args: dict, ready_timeout_s: float) ->
     try:
         serve.start(http_options={"host": spec.router.host, "port": spec.router.port})
         serve.run(build_app(args), name=spec.name, route_prefix="/", blocking=False)
-        ready = wait_ready(url, ready_timeout_s)
+        ready = wait_ready(url, ready_timeout_s, report=lambda line: console.print(line, markup=False),
+                           detail=lambda: _serve_detail(spec.name))
         run_file.parent.mkdir(parents=True, exist_ok=True)
         run_file.write_text(
             json.dumps(
