@@ -307,7 +307,8 @@ def _check_headers(scope: Scope, duplicated: set[bytes]) -> None:
 
 async def _send_error_quietly(send: Send, exc: APIError, ctx: RequestContext) -> None:
     try:
-        await send_error(send, exc, [(b"x-govllm-request-id", ctx.request_id.encode())])
+        await send_error(send, exc, [(b"x-govllm-request-id", ctx.request_id.encode()),
+                                     *ctx.response_headers])
     except Exception:  # the client is gone; nothing to tell
         pass
 

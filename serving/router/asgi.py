@@ -89,9 +89,16 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+#: Retry-After of a 429/503 whose origin named none (e.g. an engine's own 503 relayed):
+#: every 429 and 503 the router sends carries one, so clients back off instead of hammering.
+DEFAULT_RETRY_AFTER_S = 2
+
+
 async def send_error(send: Send, exc: APIError, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    await send_json(send, exc.status, encode_error(exc), extra + (headers or []))
+    extra = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()] + (headers or [])
+    if exc.status in (429, 503) and not any(k == b"retry-after" for k, _ in extra):
+        extra.append((b"retry-after", str(DEFAULT_RETRY_AFTER_S).encode()))
+    await send_json(send, exc.status, encode_error(exc), extra)
 
 
 async def lifespan(receive: Receive, send: Send) -> None:

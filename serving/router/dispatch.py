@@ -306,7 +306,7 @@ class Dispatcher:
 
     def _start_headers(self, ctx: RequestContext, content_type: str) -> list[tuple[bytes, bytes]]:
         return [(b"content-type", content_type.encode()), (b"x-govllm-model", ctx.model.id.encode()),
-                (b"x-govllm-request-id", ctx.request_id.encode())]
+                (b"x-govllm-request-id", ctx.request_id.encode()), *ctx.response_headers]
 
     async def _relay_stream(self, ctx: RequestContext, ep: Endpoint, resp: Any, first: bytes,
                             send: Send) -> None:

@@ -46,7 +46,7 @@ from serving.router.pipeline import RequestContext
 from serving.tenancy.reservation import reservation_for
 from serving.tenancy.store import StoreKeys
 
-__all__ = ["QuotaLedger", "month_of", "reservation_for", "seconds_to_next_month"]
+__all__ = ["QuotaLedger", "month_of", "rate_limit_headers", "reservation_for", "seconds_to_next_month"]
 
 logger = logging.getLogger("govllm.quota")
 
@@ -54,19 +54,22 @@ TOKYO = ZoneInfo("Asia/Tokyo")
 REQUEST_INDEX_TTL_S = 90 * 24 * 3600  # feedback accepted for 90 days
 MAX_DEFERRED = 100_000  # settlements kept while the store is down
 
+# Returns {verdict, what was seen, requests admitted this minute, tokens settled this minute};
+# the last two feed the x-ratelimit-* headers (-1 where not read).
 _ADMIT = """
 local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local reserve = tonumber(ARGV[4])
+local c, tused = 0, -1
 if rpm > 0 then
-  local c = redis.call('INCR', KEYS[1])
+  c = redis.call('INCR', KEYS[1])
   if c == 1 then redis.call('EXPIRE', KEYS[1], 120) end
-  if c > rpm then redis.call('DECR', KEYS[1]); return {1, c - 1} end
+  if c > rpm then redis.call('DECR', KEYS[1]); return {1, c - 1, c - 1, -1} end
 end
 if tpm > 0 then
-  local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used >= tpm then
+  tused = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if tused >= tpm then
     if rpm > 0 then redis.call('DECR', KEYS[1]) end
-    return {2, used}
+    return {2, tused, c - 1, tused}
   end
 end
 if budget > 0 then
@@ -78,12 +81,12 @@ if budget > 0 then
   local used = tonumber(redis.call('HGET', KEYS[4], 'total_tokens') or '0')
   if used + held + reserve > budget then
     if rpm > 0 then redis.call('DECR', KEYS[1]) end
-    return {3, used + held}
+    return {3, used + held, c - 1, tused}
   end
   redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
   redis.call('EXPIRE', KEYS[3], 3456000)
 end
-return {0, 0}
+return {0, 0, c, tused}
 """
 
 # KEYS: tpm window, reservations, ledger, request index (all under the tenant's tag).
@@ -114,6 +117,27 @@ redis.call('HINCRBY', KEYS[3], 'usage_type|' .. u .. '|requests', 1)
 redis.call('HINCRBY', KEYS[3], 'usage_type|' .. u .. '|tokens', total)
 return total
 """
+
+
+def rate_limit_headers(limits, requests: int, tokens: int, now: float) -> list[tuple[bytes, bytes]]:
+    """OpenAI's x-ratelimit-* headers for the per-minute limits a tenant has.
+
+    `requests`: requests admitted in this minute (this one included); `tokens`: tokens settled
+    in it (-1: not read). Both windows reset at the next minute boundary (Asia/Tokyo minutes are
+    UTC minutes). The official SDKs and gateways pace themselves by these.
+    """
+    reset = f"{max(1, 60 - int(now % 60))}s"
+    out: list[tuple[bytes, bytes]] = []
+    if limits.requests_per_minute:
+        out += [(b"x-ratelimit-limit-requests", str(limits.requests_per_minute).encode()),
+                (b"x-ratelimit-remaining-requests",
+                 str(max(0, limits.requests_per_minute - max(requests, 0))).encode()),
+                (b"x-ratelimit-reset-requests", reset.encode())]
+    if limits.tokens_per_minute and tokens >= 0:
+        out += [(b"x-ratelimit-limit-tokens", str(limits.tokens_per_minute).encode()),
+                (b"x-ratelimit-remaining-tokens", str(max(0, limits.tokens_per_minute - tokens)).encode()),
+                (b"x-ratelimit-reset-tokens", reset.encode())]
+    return out
 
 
 def month_of(ts: float) -> str:
@@ -183,7 +207,7 @@ class QuotaLedger:
             # this reservation, and settlement must release it whatever happens next
             ctx.reservation, ctx.reserved_tokens = member, reserve
         try:
-            verdict, seen = await self._run(
+            verdict, seen, requests, tokens = await self._run(
                 self._admit,
                 [rpm_key, tpm_key, resv_key, ledger_key],
                 [
@@ -206,7 +230,9 @@ class QuotaLedger:
                 headers={"Retry-After": "5"},
             ) from exc
         self._mark(True)
+        limit_headers = rate_limit_headers(limits, int(requests), int(tokens), now)
         if verdict == 0:
+            ctx.response_headers.extend(limit_headers)
             return
         ctx.reservation, ctx.reserved_tokens = None, 0  # refused: nothing was reserved
         limit, retry = self._refusal(int(verdict), now)
@@ -225,7 +251,8 @@ class QuotaLedger:
             f"Retry after {retry} s.",
             code=f"{limit}_exceeded",
             type="insufficient_quota" if limit == "monthly_token_budget" else "rate_limit_error",
-            headers={"Retry-After": str(retry)},
+            headers={"Retry-After": str(retry),
+                     **{k.decode(): v.decode() for k, v in limit_headers}},
         )
 
     @staticmethod
