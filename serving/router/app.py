@@ -6,6 +6,7 @@ Routes:
   POST /v1/completions               text completion (authenticated)
   POST /v1/feedback                  rate an answer of your tenant (authenticated)
   GET  /healthz                      the router process answers
+  GET  /openapi.yaml, /openapi.json   the OpenAPI document of govllm's additions (no auth)
   GET  /readyz                       every configured model has a ready replica
 """
 
@@ -35,6 +36,8 @@ from serving.router.asgi import (
 from serving.router.dispatch import Dispatcher
 from serving.router.endpoints import EndpointTable
 from serving.router.errors import APIError
+from serving.router.openapi import PATHS as OPENAPI_PATHS
+from serving.router.openapi import send_openapi
 from serving.router.pipeline import (
     AccessLog,
     Finisher,
@@ -121,6 +124,8 @@ class RouterApp:
             await self._generate(operation, scope, receive, send)
         elif path == "/healthz":
             await send_json(send, 200, {"status": "ok"})
+        elif path in OPENAPI_PATHS and method == "GET":
+            await send_openapi(path, send)
         elif path == "/readyz":
             await self._readyz(send)
         elif path == "/v1/models" or path.startswith("/v1/models/"):
