@@ -182,6 +182,7 @@ def serving_config(spec: ClusterSpec, *, plans: dict[str, ModelPlan] | None = No
                 max_confidentiality=m.max_confidentiality,
                 max_ongoing_per_replica=capacity[m.id][0],
                 max_queued_per_replica=capacity[m.id][1],
+                pii=m.pii,
             )
             for m in spec.models
         ),

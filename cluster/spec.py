@@ -21,6 +21,7 @@ from serving.config import (
     KmsKey,
     LocalKeyFile,
     OIDCSettings,
+    PIIPolicy,
     RouterSettings,
     S3Sink,
     TenantSettings,
@@ -122,6 +123,10 @@ class ModelSpec(_Strict):
     replicas: ReplicaBounds = Field(
         default_factory=ReplicaBounds,
         description="CPU engines only; GPU deployments get their bounds from the sizing planner.",
+    )
+    pii: PIIPolicy | None = Field(
+        default=None, description="Personal-information policy for requests to this model "
+        "(stricter than the tenant's only; docs/pii.md).",
     )
     sizing: ModelSizing | None = Field(
         default=None, description="GPU engines: what the sizing planner needs for this model."

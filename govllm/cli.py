@@ -226,10 +226,12 @@ def status(
 
 def _register_tenancy_commands() -> None:
     from govllm.cluster_cli import register as register_cluster
+    from govllm.pii_cli import register as register_pii
     from govllm.tenancy_cli import register
 
     register(app)
     register_cluster(app)
+    register_pii(app)
 
 
 _register_tenancy_commands()

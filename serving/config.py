@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.pii.settings import PIIPolicy
+
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 #: Import paths named in rendered Serve configs; kept here so rendering a config
@@ -46,6 +48,10 @@ class ModelRoute(_Strict):
         ge=0,
         description="Requests waiting in the routers for a slot, per live replica; beyond this "
         "the router sheds with 503 and Retry-After.",
+    )
+    pii: PIIPolicy | None = Field(
+        default=None, description="Personal-information policy this model adds (stricter only; "
+        "docs/pii.md).",
     )
 
 
@@ -221,6 +227,10 @@ class TenantSettings(_Strict):
         "specialised-1 RAG, specialised-2 fine-tuned.",
     )
     limits: TenantLimits = Field(default_factory=TenantLimits)
+    pii: PIIPolicy | None = Field(
+        default=None, description="Personal-information guard: detect, mask, refuse or route "
+        "(docs/pii.md). Unset: requests are not scanned.",
+    )
 
     @model_validator(mode="after")
     def _levels(self) -> TenantSettings:

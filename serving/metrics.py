@@ -38,6 +38,17 @@ class RouterMetrics:
             self._audit_upload_failures = metrics.Counter(
                 "govllm_audit_upload_failures_total", description="Failed audit batch uploads."
             )
+            self._pii_found = metrics.Counter(
+                "govllm_pii_findings_total",
+                description="Personal information found, per tenant and type, in prompts or answers "
+                "(counts only, never values).",
+                tag_keys=("tenant", "type", "where"),
+            )
+            self._pii_decisions = metrics.Counter(
+                "govllm_pii_decisions_total",
+                description="Requests with personal information, per tenant and decision.",
+                tag_keys=("tenant", "decision"),
+            )
             self.enabled = True
         except Exception as exc:  # no Ray runtime (unit tests, CLI): metrics are no-ops
             logger.debug("router metrics disabled: %s", exc)
@@ -62,3 +73,11 @@ class RouterMetrics:
     def audit_upload_failed(self) -> None:
         if self.enabled:
             self._audit_upload_failures.inc()
+
+    def pii_found(self, tenant: str, entity: str, where: str, count: int) -> None:
+        if self.enabled:
+            self._pii_found.inc(count, tags={"tenant": tenant, "type": entity, "where": where})
+
+    def pii_decision(self, tenant: str, decision: str) -> None:
+        if self.enabled:
+            self._pii_decisions.inc(tags={"tenant": tenant, "decision": decision})

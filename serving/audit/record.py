@@ -46,6 +46,7 @@ def _who_and_what(ctx: RequestContext) -> dict[str, Any]:
         "usage_type": ctx.usage_type or (ctx.tenant.usage_type if ctx.tenant else None),
         "client": ctx.client,
         "stream": ctx.stream,
+        "pii": ctx.pii,  # the guard's decision, types and counts (serving/pii)
         "training_use": "prohibited",
         "_candidates": ctx.candidates,
         "_payload": ctx.payload,
@@ -63,6 +64,7 @@ def _outcome(ctx: RequestContext) -> dict[str, Any]:
         "model_revision": model.revision if model else None,
         "upstream": ctx.upstream,
         "attempts": list(ctx.attempts),
+        "pii_output": dict(ctx.output_filter.counts) if ctx.output_filter is not None else None,
         "usage": dict(ctx.usage) if ctx.usage else ctx.usage,
         "timings_ms": {
             "first_byte": round(1000 * (ctx.first_byte_at - ctx.started_at), 3) if ctx.first_byte_at else None,

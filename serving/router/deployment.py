@@ -23,6 +23,7 @@ from ray import serve
 
 from serving.config import ServingConfig
 from serving.metrics import RouterMetrics
+from serving.pii.step import PIIGuard
 from serving.router.app import RouterApp
 from serving.router.endpoints import EndpointTable
 from serving.router.feedback import FeedbackEndpoint
@@ -75,7 +76,7 @@ class Router:
             cfg,
             table=EndpointTable(),
             authenticate=Authenticate(cfg, keys=self._key_cache, oidc=oidc),
-            extra_steps=[ConfidentialityPolicy(), quota],
+            extra_steps=[ConfidentialityPolicy(), *PIIGuard.for_config(cfg, metrics), quota],
             audit=self._audit,
             finishers=[quota.settle, AccessLog()],
             feedback=FeedbackEndpoint(self._redis, keys, audit=self._audit, metrics=metrics),

@@ -295,6 +295,8 @@ class Dispatcher:
 
     async def _relay_body(self, ctx: RequestContext, resp: Any, body: bytes, send: Send) -> None:
         ctx.usage = _usage_of(body)
+        if ctx.output_filter is not None:  # personal information in the answer (serving/pii)
+            body = ctx.output_filter.filter_body(body)
         ctx.status = 200
         ctx.response_body = body
         await self._before_end(ctx)
@@ -333,6 +335,8 @@ class Dispatcher:
                         if out.endswith(_DONE):
                             done, out = _DONE, out[: -len(_DONE)]
                         out, seen = meter.scan(out)
+                        if ctx.output_filter is not None:  # personal information in the answer
+                            out = ctx.output_filter.filter_block(out)
                         if out:
                             await send({"type": "http.response.body", "body": out, "more_body": True})
                             ctx.response_chunks.append(out)

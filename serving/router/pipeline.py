@@ -66,6 +66,8 @@ class RequestContext:
     # what was sent back, kept by reference for the audit record (parsed off the request path)
     response_chunks: list[bytes] = field(default_factory=list)
     response_body: bytes | None = None
+    pii: dict | None = None  # the personal-information guard's decision: types and counts, no values
+    output_filter: Any = None  # masks the answer's identifiers (serving/pii/stream.py OutputFilter)
     # headers every response to this request carries, success or error (the quota step's
     # x-ratelimit-*): appended where dispatch and the error path build response headers
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
