@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from serving.pii.entities import ENTITY_TYPES
-from serving.pii.normalize import normalize
+from serving.pii.normalize import Normalized, normalize
 from serving.pii.recognizers import RECOGNIZERS, Recognizer
 
 DEFAULT_MIN_SCORE = 0.5
@@ -65,9 +65,13 @@ class Detector:
     def findings(self, text: str, *, min_score: float | None = None) -> list[Finding]:
         """Every identifier in `text` scoring at least `min_score`, positions in the original."""
         floor = self.min_score if min_score is None else min_score
-        norm = normalize(text)
+        return self._findings(normalize(text), floor)
+
+    def _findings(self, norm: Normalized, floor: float) -> list[Finding]:
         found = []
         for rec in self.recognizers:
+            if not rec.relevant(norm.text):
+                continue
             for start, end, score in rec.analyze(norm.text):
                 if score >= floor:
                     s, e = norm.span(start, end)
@@ -79,15 +83,21 @@ class Detector:
                     found.append(Finding(s, e, "PERSON", score, self.names.name))
         return resolve_overlaps(found)
 
-    def hold_from(self, text: str, floor: int) -> int:
-        """Where the undecided tail of an unfinished `text` starts (len(text) when none).
+    def scan_unfinished(self, text: str, floor: int) -> tuple[list[Finding], int]:
+        """Findings in an unfinished `text` and where its undecided tail starts.
 
-        Used by the stream scanner: characters from here on could still become (part of)
-        an identifier, so they wait for the next chunk. Positions are in `text` as given.
+        Used by the stream scanner: characters from the returned position on (len(text)
+        when none) could still become (part of) an identifier, so they wait for the next
+        chunk. Positions are in `text` as given.
         """
         norm = normalize(text)
+        return self._findings(norm, self.min_score), self._hold_from(norm, text, floor)
+
+    def _hold_from(self, norm: Normalized, text: str, floor: int) -> int:
         hold = len(norm.text)
         for rec in self.recognizers:
+            if not rec.relevant(norm.text):
+                continue
             start = rec.partial_start(norm.text, 0)
             if start is not None and start < hold:
                 hold = start

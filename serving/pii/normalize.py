@@ -14,9 +14,10 @@ What is applied, character by character:
 * every dash variant (‐ ‑ ‒ – — ― − ﹣ －) -> "-"; the prolonged-sound mark ー
   (and half-width ｰ) -> "-" only between digits, so words like メール keep it.
 
-Cost: one `str.translate` (in C) when every character maps to one character,
-which is the usual case; the offsets are then the identity and no table is
-built. Only text with an expanding character (㍻, ㈱, ⑩) takes the per-character
+Cost: nothing is copied when NFKC's own quick check (`unicodedata.is_normalized`,
+in C) finds the text normalised, which is most Japanese prose; otherwise one
+`str.translate` when every character maps to one character, and the offsets
+are still the identity. Only text with an expanding character (㍻, ㈱, ⑩) takes the per-character
 walk that records offsets.
 """
 
@@ -46,6 +47,9 @@ def _build_table() -> dict[int, str]:
 
 
 _TABLE = _build_table()
+#: any character the table changes: most Japanese prose has none, and then nothing is copied
+#: dash variants that NFKC leaves alone (U+2010, U+2012-2015, U+2212): mapped here
+_STABLE_DASHES = tuple(ch for ch in _DASHES if unicodedata.normalize("NFKC", ch) == ch)
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,10 @@ def normalize(text: str) -> Normalized:
     """NFKC per character, dash variants to "-", ー between digits to "-"; see the module doc."""
     if text.isascii():
         return Normalized(text, None, len(text))
-    mapped = text.translate(_TABLE)
+    if unicodedata.is_normalized("NFKC", text) and not any(d in text for d in _STABLE_DASHES):
+        mapped = text  # NFKC's own quick check, in C: most Japanese prose needs nothing
+    else:
+        mapped = text.translate(_TABLE)
     origin: tuple[int, ...] | None = None
     if len(mapped) != len(text):  # an expanding character: record where each output char came from
         pieces: list[str] = []

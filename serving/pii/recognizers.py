@@ -53,10 +53,13 @@ _NEGATIVE = regex.compile(
 _MY_NUMBER_CONTEXT = regex.compile(r"(?:個人番号|マイナンバー|my ?number)[^。\n]{0,20}$",
                                    regex.IGNORECASE)
 _CORPORATE_CONTEXT = regex.compile(r"(?:法人番号|登録番号|適格請求書|インボイス)[^。\n]{0,20}$")
-_PHONE_CONTEXT = regex.compile(r"(?:電話|TEL|FAX|携帯|連絡先|☎|℡|内線|代表)[^。\n]{0,12}$",
+_PHONE_CONTEXT = regex.compile(r"(?:電話|TEL|FAX|携帯|連絡先|自宅|勤務先|☎|℡|内線|代表)[^。\n]{0,12}$",
                                regex.IGNORECASE)
 _POSTAL_CONTEXT = regex.compile(r"(?:〒|郵便|住所|所在地|送付先)[^。\n]{0,10}$")
 _PREFECTURE_AFTER = regex.compile(r"\s{0,2}(?:" + PREFECTURES + ")")
+
+
+_CONTINUABLE = regex.compile(r"[A-Za-z0-9.\-_%+@() ]*")
 
 
 def _before(text: str, start: int, window: int = 24) -> str:
@@ -77,6 +80,12 @@ class Recognizer:
     pattern: regex.Pattern
     score: float
     validate: Callable[[str, int, int], float | None] | None = None
+    #: a character every match (and every partial match that could reach the identifier) needs:
+    #: texts without one are skipped, which is most of a Japanese answer's chunks
+    trigger: regex.Pattern | None = None
+
+    def relevant(self, text: str) -> bool:
+        return self.trigger is None or self.trigger.search(text) is not None
 
     def analyze(self, text: str) -> list[tuple[int, int, float]]:
         out = []
@@ -91,12 +100,15 @@ class Recognizer:
     def partial_start(self, text: str, floor: int) -> int | None:
         """The earliest start (>= floor) of a match that the next characters could still change.
 
-        A partial match at the end of `text`, or a complete one that ends there (more digits
-        could make it another number), means the text from its start must wait.
+        A partial match at the end of `text`, or a complete one that ends there or is followed
+        only by identifier characters (more digits could make it another number), means the
+        text from its start must wait.
         """
         earliest = None
         for match in self.pattern.finditer(text, partial=True):
-            if match.partial or match.end() == len(text):
+            # a complete match followed only by characters an identifier is made of may still
+            # grow (example.go -> example.go.jp): it waits too
+            if match.partial or _CONTINUABLE.fullmatch(text, match.end()):
                 start = max(floor, match.start())
                 earliest = start if earliest is None else min(earliest, start)
                 break  # finditer goes left to right: the first such match is the earliest
@@ -115,7 +127,8 @@ def _my_number(text: str, start: int, end: int) -> float | None:
 
 
 def _corporate_number(text: str, start: int, end: int) -> float | None:
-    if not is_corporate_number(text[start:end]):
+    value = text[start:end]
+    if len(value) != (14 if value[0] in "Tt" else 13) or not is_corporate_number(value):
         return None
     before = _before(text, start)
     if text[start] in "Tt" or _CORPORATE_CONTEXT.search(before):
@@ -145,8 +158,14 @@ def _phone(text: str, start: int, end: int) -> float | None:
     return 0.9 if _PHONE_CONTEXT.search(_before(text, start)) else None
 
 
+_MARK = regex.compile(r"(?:〒|郵便番号[:：]?)\s?$")
+
+
 def _postal(text: str, start: int, end: int) -> float | None:
-    if start > 0 and text[start - 1] == "〒" or _POSTAL_CONTEXT.search(_before(text, start, 14)):
+    marked = _MARK.search(_before(text, start, 8)) is not None
+    if "-" not in text[start:end]:  # seven bare digits: only right after 〒 or 郵便番号
+        return 1.0 if marked else None
+    if marked or _POSTAL_CONTEXT.search(_before(text, start, 14)):
         return 1.0
     if _PREFECTURE_AFTER.match(text, end):
         return 0.9
@@ -162,6 +181,7 @@ def _card(text: str, start: int, end: int) -> float | None:
 
 
 _SEP = r"[ -]?"
+_DIGIT = regex.compile(r"[0-9]")
 _END_NUM = r"(?![0-9]|-[0-9])"
 _DATE = (
     r"(?:(?:19|20)[0-9]{2}(?:年\s?[0-9]{1,2}月\s?[0-9]{1,2}日|(?P<ds>[/.-])[0-9]{1,2}(?P=ds)[0-9]{1,2}(?![0-9]))"
@@ -179,12 +199,12 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
     Recognizer(
         "JpMyNumberRecognizer", "JP_MY_NUMBER",
         _compile(r"(?<![0-9])(?P<pii>[0-9]{4}(?P<sep>[ -]?)[0-9]{4}(?P=sep)[0-9]{4})" + _END_NUM),
-        1.0, _my_number,
+        1.0, _my_number, _DIGIT,
     ),
     Recognizer(
         "JpCorporateNumberRecognizer", "JP_CORPORATE_NUMBER",
-        _compile(r"(?<![0-9A-Za-z])(?P<pii>[Tt]?[0-9]{13})" + _END_NUM),
-        1.0, _corporate_number,
+        _compile(r"(?<![0-9A-Za-z])(?P<pii>[0-9Tt][0-9]{12,13})" + _END_NUM),
+        1.0, _corporate_number, _DIGIT,
     ),
     Recognizer(
         "JpPhoneRecognizer", "JP_PHONE_NUMBER",
@@ -194,13 +214,12 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
             r"|\(0[0-9]{1,4}\)\s?[0-9]{1,4}[ -][0-9]{3,4}"
             r"|0[0-9]{9,10})" + _END_NUM
         ),
-        0.95, _phone,
+        0.95, _phone, _DIGIT,
     ),
     Recognizer(
         "JpPostalCodeRecognizer", "JP_POSTAL_CODE",
-        _compile(r"(?:(?<=〒\s?)(?P<pii>[0-9]{3}-?[0-9]{4})|(?<![0-9-])(?P<pii>[0-9]{3}-[0-9]{4})"
-                 r"|(?<=郵便番号[:：\s]{0,2})(?P<pii>[0-9]{7}))" + _END_NUM),
-        1.0, _postal,
+        _compile(r"(?<![0-9-])(?P<pii>[0-9]{3}-?[0-9]{4})" + _END_NUM),
+        1.0, _postal, _DIGIT,
     ),
     Recognizer(
         "JpAddressRecognizer", "JP_ADDRESS",
@@ -215,37 +234,42 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
         "EmailRecognizerJa", "EMAIL_ADDRESS",
         _compile(r"(?<![A-Za-z0-9._%+-])(?P<pii>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
                  r"\.[A-Za-z]{2,})(?![A-Za-z0-9-])"),
-        1.0,
+        1.0, None, regex.compile(r"[A-Za-z0-9@]"),
     ),
     Recognizer(
         "CreditCardRecognizerJa", "CREDIT_CARD",
         _compile(r"(?<![0-9])(?P<pii>[3-6][0-9]{3}(?:" + _SEP + r"[0-9]{4}){2}" + _SEP
-                 + r"[0-9]{2,7}|3[0-9]{3}" + _SEP + r"[0-9]{6}" + _SEP + r"[0-9]{4,5})" + _END_NUM),
-        1.0, _card,
+                 + r"[0-9]{2,7})" + _END_NUM),
+        1.0, _card, _DIGIT,
+    ),
+    Recognizer(  # 15-digit cards grouped 4-6-5 (American Express, some JCB)
+        "CreditCardRecognizerJa", "CREDIT_CARD",
+        _compile(r"(?<![0-9])(?P<pii>3[0-9]{3}" + _SEP + r"[0-9]{6}" + _SEP + r"[0-9]{4,5})" + _END_NUM),
+        1.0, _card, _DIGIT,
     ),
     Recognizer(
         "JpBankAccountRecognizer", "JP_BANK_ACCOUNT",
         _compile(r"(?:口座|普通|当座|貯蓄|\(普\)|\(当\)|銀行|支店|信用金庫|信金)[^0-9。\n]{0,12}"
                  r"(?P<pii>[0-9]{7})(?![0-9])"
                  r"|(?:記号|ゆうちょ)[^0-9。\n]{0,6}(?P<pii>[0-9]{5}[^0-9。\n]{0,6}[0-9]{6,8})(?![0-9])"),
-        0.9,
+        0.9, None, _DIGIT,
     ),
     Recognizer(
         "JpPassportRecognizer", "JP_PASSPORT",
         _compile(r"(?:旅券|パスポート|passport)[^。\n]{0,15}?(?<![A-Za-z])(?P<pii>[A-Z]{2}[0-9]{7})"
                  r"(?![0-9])", regex.IGNORECASE),
-        0.95,
+        0.95, None, _DIGIT,
     ),
     Recognizer(
         "JpDriverLicenseRecognizer", "JP_DRIVER_LICENSE",
         _compile(r"(?:運転免許|免許証)[^。\n]{0,15}?(?<![0-9])(?P<pii>[0-9]{12}|[0-9]{4}[ -][0-9]{4}"
                  r"[ -][0-9]{4})(?![0-9])"),
-        0.95,
+        0.95, None, _DIGIT,
     ),
     Recognizer(
         "JpDateOfBirthRecognizer", "JP_DATE_OF_BIRTH",
         _compile(r"(?:生年月日|誕生日|生年|出生日)[^0-9。\n]{0,8}?(?P<pii>" + _DATE + r")"
                  r"|(?P<pii>" + _DATE + r")\s?(?:生まれ|生(?![産活成徒命涯き]))"),
-        0.95,
+        0.95, None, regex.compile(r"[0-9明大昭平令]"),
     ),
 )

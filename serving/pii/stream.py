@@ -54,8 +54,12 @@ class TextMasker:
         floor = len(self._tail)
         if len(window) == floor:
             return ""
-        cut = len(window) if final else self._hold_from(window, floor)
-        found = [f for f in self._detector.findings(window) if f.entity in self._types and f.end > floor]
+        if self._types:
+            every, hold = self._detector.scan_unfinished(window, floor)
+        else:
+            every, hold = [], len(window)
+        cut = len(window) if final else self._hold_from(window, floor, hold)
+        found = [f for f in every if f.entity in self._types and f.end > floor]
         for f in found:  # an identifier that runs past the cut waits whole
             if f.start < cut < f.end:
                 cut = max(floor, f.start)
@@ -77,8 +81,7 @@ class TextMasker:
         self._pending = window[cut:]
         return emitted
 
-    def _hold_from(self, window: str, floor: int) -> int:
-        cut = self._detector.hold_from(window, floor) if self._types else len(window)
+    def _hold_from(self, window: str, floor: int, cut: int) -> int:
         if self._restore_re is not None:
             for match in self._restore_re.finditer(window, floor, partial=True):
                 if match.partial:

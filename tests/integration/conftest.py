@@ -35,6 +35,13 @@ TEST_TENANTS = [
      "limits": {"monthly_token_budget": 1500}},
     {"id": "load-city-b", "name": "負荷試験市B", "kind": "municipality", "max_confidentiality": 1,
      "limits": {"monthly_token_budget": 1500}},
+    # the personal-information guard's policies (test_pii.py)
+    {"id": "pii-refuse", "name": "個人番号拒否市", "kind": "municipality", "max_confidentiality": 1,
+     "pii": {"actions": {"JP_MY_NUMBER": "refuse"}}},
+    {"id": "pii-mask", "name": "個人番号マスク市", "kind": "municipality", "max_confidentiality": 1,
+     "pii": {"actions": {"JP_MY_NUMBER": "mask", "JP_PHONE_NUMBER": "mask"}}},
+    {"id": "pii-route", "name": "個人番号経路省", "kind": "agency", "max_confidentiality": 2,
+     "pii": {"actions": {"JP_MY_NUMBER": "route"}}},
 ]
 
 

@@ -290,3 +290,22 @@ def test_cli_scan_json(tmp_path):
     assert data["findings"] == [{"type": "JP_MY_NUMBER", "start": 5, "end": 19, "score": 1.0,
                                  "recognizer": "JpMyNumberRecognizer"}]
     assert "1234" not in result.stdout.replace('"start"', "")
+
+
+# -- the labelled test set -----------------------------------------------------------------------
+def test_committed_test_set_is_the_generators_output():
+    from tools.pii_testset import OUT, build
+
+    rows = [json.loads(line) for line in OUT.read_text(encoding="utf-8").splitlines()]
+    assert rows == build()
+
+
+def test_quality_goals_on_the_test_set():
+    from tools.pii_quality import evaluate
+
+    result = evaluate()["per_type"]
+    for entity in ("JP_MY_NUMBER", "JP_CORPORATE_NUMBER"):
+        assert result[entity]["recall"] == 1.0
+        assert result[entity]["precision"] >= 0.99 and result[entity]["near_miss_false_positives"] == 0
+    for entity in ("JP_PHONE_NUMBER", "EMAIL_ADDRESS"):
+        assert result[entity]["recall"] >= 0.98, (entity, result[entity])
