@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.govllm-installed-$(shell cat pyproject.toml Makefile locks/*.
 VARIANT ?= gpu
 
 .PHONY: install serve test test-unit test-integration test-faults bench loadtest lint clean help \
-	lock image sbom audit-deps
+	lock image image-tools test-image sbom audit-deps
 
 help:
 	@echo "make serve   install, generate the development models, start the local stack on 127.0.0.1:8000"
@@ -25,6 +25,7 @@ help:
 	@echo "make clean   remove the virtual environment and generated state (.govllm/)"
 	@echo "make lock    re-resolve locks/*.txt (hashed) from pyproject.toml; commit the result"
 	@echo "make image   build the container image (VARIANT=gpu|cpu) with docker, podman or buildah"
+	@echo "make test-image  build the CPU image with buildah and run govllm inside it (~5 min)"
 	@echo "make sbom    CycloneDX SBOMs of the environment and of each lock (build/sbom/)"
 	@echo "make audit-deps  pip-audit the locks; fails on vulnerabilities not in locks/audit-allowlist.toml"
 
@@ -84,8 +85,20 @@ lock:
 	$(PY) tools/lock.py write
 
 # The container image (Dockerfile) with docker, podman or buildah, whichever is present.
-image: install
+image: install image-tools
 	$(PY) tools/image.py build --variant $(VARIANT)
+
+# buildah and debootstrap from Debian when no builder is present and apt-get can run (root).
+image-tools:
+	@command -v docker >/dev/null || command -v podman >/dev/null || \
+	  { command -v buildah >/dev/null && command -v debootstrap >/dev/null; } || \
+	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah debootstrap >/dev/null; } || \
+	  echo "image-tools: no docker, podman or buildah, and cannot install buildah here"
+
+# Builds the CPU image on a Debian-assembled base and runs govllm inside it (~5 min).
+test-image: install image-tools
+	GOVLLM_IMAGE_TEST=1 $(PY) -m pytest -q tests/release/test_image_build.py
 
 sbom: install
 	$(PY) tools/sbom.py --output-dir build/sbom

@@ -5,8 +5,9 @@
 
 The sets, all for Linux x86-64, CPython 3.11, glibc 2.36 (Debian 12, the image's base):
 
-* ``locks/gpu.txt``  runtime dependencies + the ``gpu`` extra: the production image.
-* ``locks/cpu.txt``  runtime dependencies + the ``cpu`` extra: the development-cluster image.
+* ``locks/gpu.txt``  runtime dependencies + ``gpu`` + ``pii-names`` (the personal-information
+  guard's name recogniser runs on the request path): the production image.
+* ``locks/cpu.txt``  the same with ``cpu`` instead of ``gpu``: the development-cluster image.
 * ``locks/dev.txt``  ``cpu`` + ``embedded``, ``dev`` and ``loadtest``, constrained to the pins
   of ``cpu.txt``: what ``make install`` installs (CI, developers).
 
@@ -71,8 +72,8 @@ class LockSet:
 
 
 SETS: tuple[LockSet, ...] = (
-    LockSet("gpu", ("gpu",), local_wheels=False, constrained_by=None),
-    LockSet("cpu", ("cpu",), local_wheels=True, constrained_by=None),
+    LockSet("gpu", ("gpu", "pii-names"), local_wheels=False, constrained_by=None),
+    LockSet("cpu", ("cpu", "pii-names"), local_wheels=True, constrained_by=None),
     LockSet("dev", ("cpu", "embedded", "dev", "loadtest"), local_wheels=True,
             constrained_by="cpu"),
 )
@@ -137,12 +138,24 @@ def read_pins(path: Path) -> dict[str, Version]:
 
 
 def declared_requirements(extras: tuple[str, ...]) -> list[Requirement]:
-    """The runtime requirements of pyproject.toml plus those of the given extras."""
+    """The runtime requirements of pyproject.toml plus those of the given extras; an extra
+    that names the project itself (``govllm[pii-names]``) brings that extra's requirements."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    lines = list(project["dependencies"])
-    for extra in extras:
-        lines += project["optional-dependencies"][extra]
-    return [Requirement(line) for line in lines]
+    own = canonicalize_name(project["name"])
+    found = [Requirement(line) for line in project["dependencies"]]
+    pending, seen = list(extras), set()
+    while pending:
+        extra = pending.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for line in project["optional-dependencies"][extra]:
+            req = Requirement(line)
+            if canonicalize_name(req.name) == own:
+                pending += sorted(req.extras)
+            else:
+                found.append(req)
+    return found
 
 
 def removed_by_overrides() -> set[str]:

@@ -50,7 +50,7 @@ govllm.io/cloud: {{ .Values.cloud | quote }}
 {{- if .Values.image.digest -}}
 {{- printf "%s@%s" $repo .Values.image.digest -}}
 {{- else -}}
-{{- printf "%s:%s" $repo .Values.image.tag -}}
+{{- printf "%s:%s" $repo (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
 {{- end }}
 
@@ -97,7 +97,67 @@ seccompProfile:
     secretKeyRef:
       name: {{ include "govllm.dataPlaneSecret" . }}
       key: {{ .Values.dataPlane.tokenKey }}
+{{- include "govllm.vendorCredentials" . }}
 {{ include "govllm.env" . }}
+{{- end }}
+
+{{/* Vendor endpoints' API keys (plan.vendors, from the spec's models[].source.endpoint):
+     each from its existing Secret, on every Ray container because router replicas run on
+     any. The chart never carries a key. Models of one vendor may share a variable, but only
+     with the same Secret and key. */}}
+{{- define "govllm.vendorCredentials" -}}
+{{- $seen := dict -}}
+{{- range $v := .Values.plan.vendors }}
+{{- if $v.credentialEnv }}
+{{- $ref := printf "%s/%s" $v.secret.name $v.secret.key }}
+{{- $prev := get $seen $v.credentialEnv }}
+{{- if and $prev (ne $prev $ref) }}
+{{- fail (printf "plan.vendors: %s is read from Secret key %s for one model and %s for model %s; one variable holds one key (give the model its own credential_env)" $v.credentialEnv $prev $ref $v.model) }}
+{{- end }}
+{{- if not $prev }}
+{{- $_ := set $seen $v.credentialEnv $ref }}
+- name: {{ $v.credentialEnv }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.secret.name }}
+      key: {{ $v.secret.key }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The vendors' private CA bundles: vendorCA.existingConfigMap, read-only at
+     /etc/govllm/vendor-ca (cluster/helm_values.py VENDOR_CA_DIR) on every Ray container;
+     required once a vendor endpoint names a caBundle there. */}}
+{{- define "govllm.vendorCADir" -}}/etc/govllm/vendor-ca{{- end }}
+
+{{- define "govllm.vendorCAConfigMap" -}}
+{{- $needs := list -}}
+{{- $files := list -}}
+{{- range $v := .Values.plan.vendors }}{{- if $v.caBundle }}
+{{- $needs = append $needs (printf "%s (%s)" $v.model $v.caBundle) }}
+{{- $files = append $files (printf "--from-file=%s=<PEM file>" (base $v.caBundle)) }}
+{{- end }}{{- end }}
+{{- if and $needs (not .Values.vendorCA.existingConfigMap) -}}
+{{- fail (printf "vendorCA.existingConfigMap is required: vendor endpoints %s trust a private CA bundle mounted from it at %s. Create the ConfigMap once: `kubectl -n %s create configmap govllm-vendor-ca %s`, then set vendorCA.existingConfigMap=govllm-vendor-ca (docs/operations.md, Vendor-hosted and external endpoints)" (join ", " $needs) (include "govllm.vendorCADir" .) .Release.Namespace (join " " (uniq $files))) -}}
+{{- end -}}
+{{- .Values.vendorCA.existingConfigMap -}}
+{{- end }}
+
+{{- define "govllm.vendorCAMount" -}}
+{{- if include "govllm.vendorCAConfigMap" . }}
+- name: vendor-ca
+  mountPath: {{ include "govllm.vendorCADir" . }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "govllm.vendorCAVolume" -}}
+{{- with include "govllm.vendorCAConfigMap" . }}
+- name: vendor-ca
+  configMap:
+    name: {{ . }}
+{{- end }}
 {{- end }}
 
 {{/* Environment of every container: the shared store, object storage, offline caches. */}}
