@@ -90,6 +90,23 @@ def totals_table(cluster: ClusterPlan) -> Table:
     return table
 
 
+def endpoints_table(cluster: ClusterPlan) -> Table:
+    """Vendor-hosted models: no GPUs of ours to size; their contract is their capacity."""
+    table = Table(title="Endpoints (not sized: capacity from the contract)", title_justify="left")
+    for column in ("model", "provider", "concurrency", "RPM", "TPM", "max confidentiality"):
+        table.add_column(column)
+    for e in cluster.endpoints:
+        table.add_row(
+            e.model_id, e.provider, str(e.max_concurrency),
+            "-" if e.requests_per_minute is None else f"{e.requests_per_minute:,}",
+            "-" if e.tokens_per_minute is None else f"{e.tokens_per_minute:,}",
+            str(e.max_confidentiality),
+        )
+    return table
+
+
 def print_cluster(cluster: ClusterPlan, console: Console) -> None:
     console.print(cluster_table(cluster))
     console.print(totals_table(cluster))
+    if cluster.endpoints:
+        console.print(endpoints_table(cluster))

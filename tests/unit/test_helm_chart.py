@@ -54,15 +54,20 @@ CRD = ROOT / "tests" / "data" / "kuberay" / "ray.io_rayservices.yaml"
 SHARED_CRD = ROOT.parent / "shared" / "k8s" / "crds" / "ray.io_rayservices.yaml"
 HELM = Path(sys.executable).parent / "helm"
 PROFILES = ["aws", "gcp", "azure", "oci", "sakura"]
+#: The example spec's vendor-hosted models (source.endpoint; tests/unit/test_helm_vendors.py).
+VENDOR_MODELS = [m.id for m in load_spec(SPEC)[0].endpoints()]
 VARIANTS = ["default", *PROFILES]
 #: Kubernetes versions the chart supports (Chart.yaml kubeVersion >= 1.31).
 KUBE_VERSIONS = ["1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0"]
 #: Optional parts switched on in every render so they are validated too.
 EXTRAS = ["--set", "metrics.serviceMonitor.enabled=true",
           "--set", "metrics.grafanaDashboard.enabled=true"]
-#: What every install must add (site.yaml in docs/operations.md): the data-plane Secret's name.
+#: What every install must add (site.yaml in docs/operations.md): the data-plane Secret's name,
+#: and the vendor CA ConfigMap (the example spec's vendor endpoints trust private CAs).
 DATA_PLANE_SECRET = "govllm-data-plane"
-SITE = ["--set", f"dataPlane.existingSecret={DATA_PLANE_SECRET}"]
+VENDOR_CA_CONFIGMAP = "govllm-vendor-ca"
+SITE = ["--set", f"dataPlane.existingSecret={DATA_PLANE_SECRET}",
+        "--set", f"vendorCA.existingConfigMap={VENDOR_CA_CONFIGMAP}"]
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -417,8 +422,8 @@ def test_network_policies_default_deny_and_allow_only_the_flows(rendered):
         ray_pods = {**selector, "ray.io/is-ray-node": "yes"}  # KubeRay's label of Ray pods
         assert within["ingress"] == [{"from": [{"podSelector": {"matchLabels": ray_pods}}]}]
         assert within["egress"] == [{"to": [{"podSelector": {"matchLabels": ray_pods}}]}]
-        if variant != "default":  # profiles open the endpoints the pods need
-            assert len(egress) == 6, variant
+        if variant != "default":  # profiles open the endpoints the pods need, plus one
+            assert len(egress) == 6 + len(VENDOR_MODELS), variant  # rule per vendor endpoint
 
 
 # A small evaluator of NetworkPolicy semantics (networking.k8s.io/v1): a pod is isolated in a
@@ -451,7 +456,7 @@ def selector_matches(selector: dict, labels: dict) -> bool:
     return True
 
 
-def peer_matches(peer: dict, pod: dict) -> bool:
+def peer_matches(peer: dict, pod: dict, namespace: str = NAMESPACE) -> bool:
     if "ipBlock" in peer:
         ip = ipaddress.ip_address(pod["ip"])
         block = peer["ipBlock"]
@@ -460,7 +465,7 @@ def peer_matches(peer: dict, pod: dict) -> bool:
     if "namespaceSelector" in peer:
         if not selector_matches(peer["namespaceSelector"], pod["nsLabels"]):
             return False
-    elif pod["namespace"] != NAMESPACE:  # a bare podSelector means the policy's namespace
+    elif pod["namespace"] != namespace:  # a bare podSelector means the policy's namespace
         return False
     return selector_matches(peer.get("podSelector", {}), pod["labels"])
 
@@ -479,10 +484,12 @@ def port_matches(ports: list[dict] | None, port: int) -> bool:
     return False
 
 
-def direction_allows(policies: list[dict], pod: dict, other: dict, port: int, direction: str) -> bool:
+def direction_allows(policies: list[dict], pod: dict, other: dict, port: int, direction: str,
+                     namespace: str = NAMESPACE) -> bool:
+    """Whether `policies` (those of `namespace`) let `pod` talk to `other` in `direction`."""
     rules_key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
-    if pod["namespace"] != NAMESPACE:
-        return True  # only this release's policies are evaluated
+    if pod["namespace"] != namespace:
+        return True  # only the given namespace's policies are evaluated
     selecting = []
     for policy in policies:
         spec = policy["spec"]
@@ -491,7 +498,7 @@ def direction_allows(policies: list[dict], pod: dict, other: dict, port: int, di
             selecting.append(spec)
     if not selecting:
         return True
-    return any((not rule.get(peers_key) or any(peer_matches(p, other) for p in rule[peers_key]))
+    return any((not rule.get(peers_key) or any(peer_matches(p, other, namespace) for p in rule[peers_key]))
                and port_matches(rule.get("ports"), port)
                for spec in selecting for rule in spec.get(rules_key, []))
 

@@ -100,3 +100,34 @@ def test_spec_plan_prints_gpus_per_class():
 def test_spec_with_cpu_engine_is_refused():
     result = run("--spec", str(EXAMPLE.parent / "local.yaml"))
     assert result.exit_code == 1 and "engine.device cpu" in result.stderr
+
+
+def test_spec_plan_reports_vendor_endpoints_as_not_sized():
+    """Vendor-hosted models get no GPUs and no sizing; their contract is their capacity."""
+    from cluster.spec import load_spec
+
+    spec, _ = load_spec(EXAMPLE)
+    vendors = spec.endpoints()
+    assert vendors, "the example spec declares vendor endpoints"
+    result = run("--spec", str(EXAMPLE), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert {m["model"] for m in data["models"]} == {m.id for m in spec.self_hosted()}
+    assert [e["model"] for e in data["endpoints"]] == [m.id for m in vendors]
+    for e, m in zip(data["endpoints"], vendors, strict=True):
+        limits = m.source.endpoint.limits
+        assert e == {"model": m.id, "sized": False, "provider": m.source.endpoint.terms.provider,
+                     "max_concurrency": limits.max_concurrency,
+                     "requests_per_minute": limits.requests_per_minute,
+                     "tokens_per_minute": limits.tokens_per_minute,
+                     "max_confidentiality": m.max_confidentiality}
+    table = runner.invoke(app, ["plan", "--spec", str(EXAMPLE)], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    section = table.stdout.split("Endpoints (not sized")[1]
+    for m in vendors:
+        row = next(line for line in section.splitlines() if f" {m.id} " in line)
+        limits = m.source.endpoint.limits
+        assert m.source.endpoint.terms.provider in row and f" {limits.max_concurrency} " in row
+        rpm = limits.requests_per_minute
+        assert (f" {rpm:,} " if rpm else " - ") in row
+    assert "GPUs per class" in table.stdout.split("Endpoints (not sized")[0]

@@ -41,7 +41,7 @@ def test_example_renders_planned_llm_configs():
     spec, spec_dir = load_spec(EXAMPLE)
     cluster = plan_cluster(spec, spec_dir)
     args = app_args(spec, spec_dir)
-    for cfg, model in zip(args["llm_configs"], spec.models, strict=True):
+    for cfg, model in zip(args["llm_configs"], spec.self_hosted(), strict=True):  # vendors: no engine
         planned = cluster.get(model.id)
         sizing = planned.sizing
         kwargs = cfg["engine_kwargs"]
@@ -79,12 +79,14 @@ def test_render_serve_config_command(tmp_path):
     result = CliRunner().invoke(app, ["render", "serve-config", "--spec", str(EXAMPLE), "-o", str(out)])
     assert result.exit_code == 0, result.output
     rendered = yaml.safe_load(out.read_text())["applications"][0]["args"]["llm_configs"]
-    assert [c["model_loading_config"]["model_id"] for c in rendered] == [m["id"] for m in BASE["models"]]
+    engines = [m["id"] for m in BASE["models"] if "endpoint" not in m["source"]]
+    assert len(engines) < len(BASE["models"])  # the example's vendor endpoints get no engine
+    assert [c["model_loading_config"]["model_id"] for c in rendered] == engines
 
 
 def test_cpu_default_is_untouched_by_sizing():
     spec, spec_dir = load_spec(DEFAULT_SPEC_PATH)
-    for cfg, model in zip(app_args(spec, spec_dir)["llm_configs"], spec.models, strict=True):
+    for cfg, model in zip(app_args(spec, spec_dir)["llm_configs"], spec.self_hosted(), strict=True):
         assert "tensor_parallel_size" not in cfg["engine_kwargs"]
         assert cfg["deployment_config"]["autoscaling_config"]["max_replicas"] == model.replicas.max
 
