@@ -67,16 +67,17 @@ class Detector:
         floor = self.min_score if min_score is None else min_score
         return self._findings(normalize(text), floor)
 
-    def _findings(self, norm: Normalized, floor: float) -> list[Finding]:
+    def _findings(self, norm: Normalized, floor: float,
+                  recognizers: tuple[Recognizer, ...] | None = None) -> list[Finding]:
         found = []
-        for rec in self.recognizers:
-            if not rec.relevant(norm.text):
+        for rec in self.recognizers if recognizers is None else recognizers:
+            if recognizers is None and not rec.relevant(norm.text):
                 continue
             for start, end, score in rec.analyze(norm.text):
                 if score >= floor:
                     s, e = norm.span(start, end)
                     found.append(Finding(s, e, rec.entity, score, rec.name))
-        if self.names is not None:
+        if self.names is not None and recognizers is None:  # names: prompts only, not streams
             for start, end, score in self.names.analyze(norm.text):
                 if score >= floor:
                     s, e = norm.span(start, end)
@@ -91,13 +92,16 @@ class Detector:
         chunk. Positions are in `text` as given.
         """
         norm = normalize(text)
-        return self._findings(norm, self.min_score), self._hold_from(norm, text, floor)
+        fresh = norm.text[floor:] if norm.origin is None else norm.text
+        relevant = tuple(r for r in self.recognizers if r.relevant(fresh))
+        if not relevant:  # nothing new could start or continue an identifier
+            return [], len(text)
+        return self._findings(norm, self.min_score, relevant), self._hold_from(norm, text, floor, relevant)
 
-    def _hold_from(self, norm: Normalized, text: str, floor: int) -> int:
+    def _hold_from(self, norm: Normalized, text: str, floor: int,
+                   recognizers: tuple[Recognizer, ...]) -> int:
         hold = len(norm.text)
-        for rec in self.recognizers:
-            if not rec.relevant(norm.text):
-                continue
+        for rec in recognizers:
             start = rec.partial_start(norm.text, 0)
             if start is not None and start < hold:
                 hold = start

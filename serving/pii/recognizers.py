@@ -56,6 +56,9 @@ _CORPORATE_CONTEXT = regex.compile(r"(?:法人番号|登録番号|適格請求�
 _PHONE_CONTEXT = regex.compile(r"(?:電話|TEL|FAX|携帯|連絡先|自宅|勤務先|☎|℡|内線|代表)[^。\n]{0,12}$",
                                regex.IGNORECASE)
 _POSTAL_CONTEXT = regex.compile(r"(?:〒|郵便|住所|所在地|送付先)[^。\n]{0,10}$")
+#: the first characters of the prefecture names: an address cannot start without one
+_PREFECTURE_START = regex.compile(
+    "[" + "".join(sorted({name[0] for name in PREFECTURES.replace("(?:", "").replace(")県", "").split("|")})) + "]")
 _PREFECTURE_AFTER = regex.compile(r"\s{0,2}(?:" + PREFECTURES + ")")
 
 
@@ -228,7 +231,7 @@ RECOGNIZERS: tuple[Recognizer, ...] = (
             r"[^\s、。,()「」『』]{0,20}" + _NUM + r"(?:(?:丁目|番地|番|号|-|の)" + _NUM
             + r")*(?:丁目|番地|番|号)?)"
         ),
-        0.9,
+        0.9, None, _PREFECTURE_START,
     ),
     Recognizer(
         "EmailRecognizerJa", "EMAIL_ADDRESS",

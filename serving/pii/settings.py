@@ -13,7 +13,7 @@ use it without loading any recogniser. Example (docs/pii.md has more):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -43,7 +43,8 @@ class PIIPolicy(BaseModel):
     actions: dict[str, PIIAction] = Field(
         default_factory=dict, description="Type -> allow | mask | refuse | route (see docs/pii.md)."
     )
-    by_confidentiality: dict[Literal[1, 2], dict[str, PIIAction]] = Field(
+    # int keys (not Literal): the rendered Serve config is JSON, whose keys come back as "2"
+    by_confidentiality: dict[Annotated[int, Field(ge=1, le=2)], dict[str, PIIAction]] = Field(
         default_factory=dict,
         description="Overrides of `actions` for requests of one confidentiality level (機密性).",
     )
@@ -81,7 +82,7 @@ class PIIPolicy(BaseModel):
 
     def action(self, entity: str, level: int) -> str:
         """The action for one type at a request's confidentiality level."""
-        level_actions = self.by_confidentiality.get(level)  # type: ignore[call-overload]
+        level_actions = self.by_confidentiality.get(level)
         if level_actions and entity in level_actions:
             return level_actions[entity]
         return self.actions.get(entity, self.default_action)

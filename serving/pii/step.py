@@ -66,7 +66,7 @@ class PIIGuard:
     def _detector(self, names: bool) -> Detector:
         detector = self._detectors.get(names)
         if detector is None:
-            detector = self._detectors[names] = Detector(names=names, min_score=0.0)
+            detector = self._detectors[names] = Detector(names=names)
         return detector
 
     async def __call__(self, ctx: RequestContext) -> None:
@@ -78,8 +78,7 @@ class PIIGuard:
         slots = _texts(ctx)
         detector = self._detector(any(p.names for p in policies))
         min_score = min(p.min_score for p in policies)
-        per_slot = [[f for f in detector.findings(c[k]) if f.score >= min_score
-                     and (f.entity != "PERSON" or any(p.names for p in policies))] for c, k in slots]
+        per_slot = [detector.findings(c[k], min_score=min_score) for c, k in slots]
         found: list[Finding] = [f for fs in per_slot for f in fs]
         level = ctx.confidentiality or 1
         decision = decide(found, tenant_policy, level)

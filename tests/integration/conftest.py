@@ -42,6 +42,8 @@ TEST_TENANTS = [
      "pii": {"actions": {"JP_MY_NUMBER": "mask", "JP_PHONE_NUMBER": "mask"}}},
     {"id": "pii-route", "name": "個人番号経路省", "kind": "agency", "max_confidentiality": 2,
      "pii": {"actions": {"JP_MY_NUMBER": "route"}}},
+    {"id": "pii-restore", "name": "個人番号復元市", "kind": "municipality", "max_confidentiality": 1,
+     "pii": {"actions": {"JP_MY_NUMBER": "mask"}, "restore": True}},
 ]
 
 

@@ -81,10 +81,10 @@ def test_route_sends_it_only_to_a_model_cleared_for_level_2(stack):
     assert rec["candidates"] == ["tiny-llama-ja"]
 
 
-def _stream(stack, key: str, answer_regex: str) -> list[str]:
+def _stream(stack, key: str, answer_regex: str, prompt: str = "申請者の番号を書いてください。") -> list[str]:
     """The content of each SSE chunk of a streamed answer the engine must write as `answer_regex`."""
     body = {"model": "tiny-llama-ja", "stream": True, "max_tokens": 48,
-            "messages": [{"role": "user", "content": "申請者の番号を書いてください。"}],
+            "messages": [{"role": "user", "content": prompt}],
             "structured_outputs": {"regex": answer_regex}}
     with httpx.stream("POST", stack.base_url + CHAT, json=body, timeout=120,
                       headers={"Authorization": f"Bearer {key}"}) as resp:
@@ -102,3 +102,14 @@ def test_streamed_identifier_split_across_chunks_is_masked(stack):
     masked = _stream(stack, _key(stack, "pii-mask"), answer)
     assert "".join(masked) == "番号は[個人番号]、電話は[電話番号]です。", masked
     assert not any(ch.isdigit() for ch in "".join(masked))
+
+
+def test_restore_gives_back_this_requests_original_in_a_streamed_answer(stack):
+    """The engine sees [個人番号_1]; its (forced) answer quotes the placeholder, split over chunks;
+    the client gets its own number back, and the audit record shows the engine never had it."""
+    key = _key(stack, "pii-restore")
+    prompt = f"申請者の個人番号は{MY_NUMBER}です。"
+    chunks = _stream(stack, key, r"\[個人番号_1\]の方の申請を受け付けました。", prompt=prompt)
+    assert "".join(chunks) == f"{MY_NUMBER}の方の申請を受け付けました。", chunks
+    other = _stream(stack, key, r"\[個人番号_1\]です。")  # another request: nothing to restore
+    assert "".join(other) == "[個人番号_1]です。"

@@ -309,3 +309,13 @@ def test_quality_goals_on_the_test_set():
         assert result[entity]["precision"] >= 0.99 and result[entity]["near_miss_false_positives"] == 0
     for entity in ("JP_PHONE_NUMBER", "EMAIL_ADDRESS"):
         assert result[entity]["recall"] >= 0.98, (entity, result[entity])
+
+
+def test_policy_survives_the_rendered_json_config():
+    # the Serve config travels as JSON: level keys come back as strings
+    policy = PIIPolicy.model_validate({"actions": {"JP_MY_NUMBER": "refuse"},
+                                       "by_confidentiality": {2: {"JP_MY_NUMBER": "mask"}}})
+    again = PIIPolicy.model_validate(json.loads(json.dumps(policy.model_dump(mode="json"))))
+    assert again == policy and again.action("JP_MY_NUMBER", 2) == "mask"
+    with pytest.raises(ValueError):
+        PIIPolicy.model_validate({"by_confidentiality": {3: {}}})
