@@ -301,7 +301,8 @@ def _pulled_before(dest: Path) -> dict[str, dict[str, Any]]:
 
 
 def pull(s3, model: str, source: str, dest: Path, *, workers: int = DEFAULT_WORKERS,
-         rehash: bool = False, progress: ProgressSink | None = None) -> Report:
+         rehash: bool = False, part_size: int = 64 * 2**20,
+         progress: ProgressSink | None = None) -> Report:
     """Download into `dest`, verifying each file before it is renamed into place.
 
     A file already in place is kept without reading it when an earlier pull's manifest records
@@ -316,6 +317,7 @@ def pull(s3, model: str, source: str, dest: Path, *, workers: int = DEFAULT_WORK
             raise WeightsError(f"manifest path {entry['path']!r} escapes {dest}")
     progress.start(sum(e["size"] for e in entries))
     before = {} if rehash else _pulled_before(dest)
+    config = _transfer_config(part_size)  # a few ranged GETs per file, `workers` files at once
     report = Report(model=model, files=len(entries), bytes=sum(e["size"] for e in entries))
 
     def fetch(entry: dict[str, Any]) -> tuple[str, str | None]:
@@ -334,7 +336,7 @@ def pull(s3, model: str, source: str, dest: Path, *, workers: int = DEFAULT_WORK
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial")
         s3.download_file(loc.bucket, loc.key(entry["path"]), str(partial),
-                         Callback=progress.advance)
+                         Callback=progress.advance, Config=config)
         digest = sha256_file(partial)
         if digest != entry["sha256"]:
             partial.unlink()

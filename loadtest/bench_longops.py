@@ -19,6 +19,7 @@ import importlib.util
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,12 +53,13 @@ def _s3(url: str):
 def measure(args) -> dict:
     """One operation in this process (a child): wall seconds and peak RSS."""
     rev = args.rev or None
-    t0 = time.perf_counter()
     if args.op.startswith("weights"):
         w = _module("cluster.weights", "cluster/weights.py", rev)
         s3 = w.s3_client(endpoint_url=args.url, region="ap-northeast-1")
         kw = {} if rev else {"workers": args.workers}
         dest = f"s3://{args.bucket}/{args.prefix}/"
+        s3.list_buckets()  # connection and credentials resolved before the clock starts
+        t0 = time.perf_counter()
         if args.op == "weights-push":
             w.push(s3, "bench", Path(args.dir), dest, kms_key_id=args.kms, part_size=8 * MIB, **kw)
         elif args.op == "weights-verify":
@@ -75,6 +77,7 @@ def measure(args) -> dict:
         now = datetime.now().astimezone()
         span = (now - timedelta(hours=2), now + timedelta(hours=1))
         kw = {} if rev else {"workers": args.workers, "keep_records": args.op == "audit-export"}
+        t0 = time.perf_counter()
         report, _ = v.walk(store, keys, *span, **kw)
         assert report.objects == args.expect, (report.objects, report.as_dict())
     return {"seconds": time.perf_counter() - t0,
@@ -112,6 +115,13 @@ def _archive(url: str, bucket: str, kms: str, segments: int, per_segment: int) -
         Uploader(Path(tmp), store, keys).upload_once()
 
 
+def _order(args):
+    """(label, revision, round) in the order measured: before/after alternating per round."""
+    for r in range(args.rounds):
+        pair = [("before", args.before, r), ("after", "", r)]
+        yield from (pair if r % 2 == 0 else pair[::-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default="032ed89", help="git revision of the 'before' code")
@@ -119,7 +129,10 @@ def main() -> None:
     parser.add_argument("--file-mib", type=int, default=24)
     parser.add_argument("--segments", type=int, default=600)
     parser.add_argument("--per-segment", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=4, help="weights: files in parallel (CLI default)")
+    parser.add_argument("--audit-workers", type=int, default=8, help="audit: segments in parallel (CLI default)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds, before/after order reversed each round; medians reported")
     # child mode
     parser.add_argument("--child")
     parser.add_argument("--rev", default="")
@@ -148,9 +161,9 @@ def main() -> None:
             for i in range(args.files):
                 (src / f"model-{i:05d}.safetensors").write_bytes(os.urandom(args.file_mib * MIB))
             common = {"url": server.url, "bucket": "bench-weights", "kms": kms, "workers": args.workers}
-            for label, rev in (("before", args.before), ("after", "")):
-                prefix = f"w-{label}"
-                pulled = Path(tmp) / f"pulled-{label}"
+            for label, rev, r in _order(args):
+                prefix = f"w-{label}-{r}"
+                pulled = Path(tmp) / f"pulled-{label}-{r}"
                 rows.append((label, "weights push", _child("weights-push", rev, dir=src, prefix=prefix, **common)))
                 rows.append((label, "weights verify", _child("weights-verify", rev, prefix=prefix, **common)))
                 rows.append((label, "weights pull (empty node)", _child("weights-pull", rev, dir=pulled,
@@ -158,19 +171,23 @@ def main() -> None:
                 rows.append((label, "weights pull (pod restart)", _child("weights-pull-again", rev, dir=pulled,
                                                                           prefix=prefix, **common)))
         _archive(server.url, "bench-audit", kms, args.segments, args.per_segment)
-        common = {"url": server.url, "bucket": "bench-audit", "kms": kms, "workers": args.workers,
+        common = {"url": server.url, "bucket": "bench-audit", "kms": kms, "workers": args.audit_workers,
                   "expect": args.segments}
-        for label, rev in (("before", args.before), ("after", "")):
+        for label, rev, _ in _order(args):
             rows.append((label, "audit verify", _child("audit-verify", rev, **common)))
             rows.append((label, "audit export (walk)", _child("audit-export", rev, **common)))
     finally:
         server.stop()
     ops = list(dict.fromkeys(op for _, op, _ in rows))
-    got = {(label, op): r for label, op, r in rows}
+    got = {}
+    for key in {(label, op) for label, op, _ in rows}:
+        runs = [r for label, op, r in rows if (label, op) == key]
+        got[key] = {k: statistics.median(r[k] for r in runs) for k in ("seconds", "rss_mib")}
     size = args.files * args.file_mib
     print(f"`python -m loadtest.bench_longops --before {args.before} --files {args.files} "
           f"--file-mib {args.file_mib} --segments {args.segments} --per-segment {args.per_segment} "
-          f"--workers {args.workers}`: checkpoint {args.files} x {args.file_mib} MiB = {size} MiB; "
+          f"--workers {args.workers} --audit-workers {args.audit_workers} --rounds {args.rounds}` (medians of {args.rounds} rounds, "
+          f"before/after order reversed each round): checkpoint {args.files} x {args.file_mib} MiB = {size} MiB; "
           f"audit chain of {args.segments} segments x {args.per_segment} records, one KMS data key "
           "per segment; moto_server (S3 + KMS) on 127.0.0.1, same host, no network latency.\n")
     print("| operation | before s | after s | after / before | peak RSS before / after MiB |")

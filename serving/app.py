@@ -17,6 +17,7 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 
 from serving.config import APP_IMPORT_PATH, ServingConfig
 from serving.llm_server import DataPlaneLLMServer
+from serving.logs import serve_logging_config
 from serving.registry import EndpointRegistry
 from serving.router.deployment import Router
 
@@ -47,7 +48,8 @@ def build_app(args: dict[str, Any]) -> Application:
         raise ValueError(
             f"router models {sorted(routed)} and LLM configs {sorted(served)} must match"
         )
-    registry = EndpointRegistry.bind()
+    logs = serve_logging_config(config.router.log_encoding)
+    registry = EndpointRegistry.options(logging_config=logs).bind()
     models = {
         c.model_id: build_llm_deployment(
             c,
@@ -56,6 +58,7 @@ def build_app(args: dict[str, Any]) -> Application:
             bind_kwargs={"registry": registry, "data_plane_host": config.router.data_plane_host,
                          "data_plane_token_env": config.router.data_plane_token_env,
                          "engine_stall_s": config.router.engine_stall_s},
+            override_serve_options={"logging_config": logs},
         )
         for c in llm_configs
     }
@@ -71,5 +74,6 @@ def build_app(args: dict[str, Any]) -> Application:
         },
         ray_actor_options={"num_cpus": 0},
         health_check_period_s=5,
+        logging_config=logs,
     )
     return router.bind(config=config.model_dump(mode="json"), registry=registry, models=models)

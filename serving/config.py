@@ -104,6 +104,11 @@ class RouterSettings(_Strict):
         description="How often every known replica is probed (GET /health): a failed probe takes "
         "it out of rotation, a passing one readmits it after its ejection time.",
     )
+    log_encoding: Literal["JSON", "TEXT"] = Field(
+        default="JSON",
+        description="Ray Serve log encoding of govllm's deployments (LoggingConfig.encoding): "
+        "JSON puts the access log's request id, tenant, model and status in their own keys.",
+    )
     engine_stall_s: float = Field(
         default=120.0, gt=0,
         description="A replica whose engine has requests but produced no token for this long "

@@ -44,6 +44,7 @@ from ray import serve
 from ray.serve.llm.deployment import LLMServer
 
 from serving.autoscaling import ONGOING_METRIC
+from serving.logs import attach_to_serve_logs
 from serving.registry import HEARTBEAT_S
 
 logger = logging.getLogger("govllm.llm_server")
@@ -170,6 +171,7 @@ class DataPlaneLLMServer(LLMServer):
         engine_stall_s: float = 120.0,
         **kwargs,
     ):
+        attach_to_serve_logs()  # govllm's records in this replica's Serve log
         token = os.environ.get(data_plane_token_env, "")
         if not token:  # refuse to start an open data plane
             raise RuntimeError(

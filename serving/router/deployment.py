@@ -22,6 +22,7 @@ import os
 from ray import serve
 
 from serving.config import ServingConfig
+from serving.logs import attach_to_serve_logs
 from serving.metrics import RouterMetrics
 from serving.pii.step import PIIGuard
 from serving.router.app import RouterApp
@@ -43,6 +44,7 @@ class Router:
         # `models` (handles to the LLM deployments) makes Serve deploy them as part of this
         # application; requests never use them, the data plane is HTTP.
         self._model_handles = models or {}
+        attach_to_serve_logs()  # the access log and govllm's warnings in this replica's Serve log
         cfg = ServingConfig.model_validate(config)
         self._config = cfg
         self._registry = registry

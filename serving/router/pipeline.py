@@ -10,7 +10,6 @@ without touching the others, which is how tenancy, quotas and audit slot in.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any, Protocol, get_args
 
 from serving.config import ModelRoute, ServingConfig, TenantSettings, UsageType
 from serving.keys import Principal
+from serving.logs import fields
 from serving.router.asgi import Scope, header
 from serving.router.errors import APIError
 from serving.router.json_body import parse_object
@@ -227,31 +227,37 @@ class ResolveModel:
 
 
 class AccessLog:
-    """One structured line per request: who, what, outcome, timings."""
+    """One structured line per request: who, what, outcome, timings (serving/logs.py).
+
+    The fields are the record's own (JSON keys with Serve's JSON log encoding), never prompt
+    or answer text.
+    """
 
     async def __call__(self, ctx: RequestContext) -> None:
         try:
             now = time.perf_counter()
+            model = ctx.model.id if ctx.model else ctx.requested_model
+            tenant = ctx.principal.tenant if ctx.principal else None
+            # the message repeats the key fields for the TEXT encoding, which shows no extras
             log.info(
-                json.dumps(
-                    {
-                        "request_id": ctx.request_id,
-                        "tenant": ctx.principal.tenant if ctx.principal else None,
-                        "user": ctx.principal.user if ctx.principal else None,
-                        "operation": ctx.operation,
-                        "model": ctx.model.id if ctx.model else ctx.requested_model,
-                        "stream": ctx.stream,
-                        "status": ctx.status,
-                        "error_code": ctx.error_code,
-                        "usage": ctx.usage,
-                        "ttfb_ms": round(1000 * (ctx.first_byte_at - ctx.started_at), 2)
-                        if ctx.first_byte_at
-                        else None,
-                        "duration_ms": round(1000 * (now - ctx.started_at), 2),
-                        "client": ctx.client,
-                    },
-                    ensure_ascii=False,
-                )
+                "%s %s %s tenant=%s govllm_request_id=%s", ctx.operation, model, ctx.status,
+                tenant, ctx.request_id,
+                extra=fields(
+                    govllm_request_id=ctx.request_id,
+                    client_request_id=ctx.client_request_id,
+                    tenant=tenant,
+                    user=ctx.principal.user if ctx.principal else None,
+                    operation=ctx.operation,
+                    model=model,
+                    stream=ctx.stream,
+                    status=ctx.status,
+                    error_code=ctx.error_code,
+                    usage=ctx.usage,
+                    ttfb_ms=round(1000 * (ctx.first_byte_at - ctx.started_at), 2)
+                    if ctx.first_byte_at else None,
+                    duration_ms=round(1000 * (now - ctx.started_at), 2),
+                    client=ctx.client,
+                ),
             )
         except Exception:  # logging must never fail a request
             pass
