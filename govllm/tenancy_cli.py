@@ -21,7 +21,8 @@ keys_app = typer.Typer(help="Create, list, rotate and revoke tenants' API keys."
 audit_app = typer.Typer(help="Check and read the encrypted audit trail.", no_args_is_help=True)
 feedback_app = typer.Typer(help="Users' ratings of answers, per model.", no_args_is_help=True)
 
-SpecOption = typer.Option(None, "--spec", "-s", help="Cluster spec YAML file. Default: the embedded local spec.")
+SpecOption = typer.Option(None, "--spec", "-s", envvar="GOVLLM_SPEC",
+                          help="Cluster spec YAML file. Default: the embedded local spec.")
 
 
 def _load(spec: Path | None) -> ClusterSpec:

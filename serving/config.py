@@ -158,21 +158,26 @@ class OIDCSettings(_Strict):
 
     issuer: str = Field(description="Expected `iss` claim.")
     audience: str = Field(description="Expected `aud` claim.")
-    jwks_url: str = Field(description="Where the issuer publishes its signing keys (JWKS).")
+    jwks_url: str | None = Field(
+        default=None,
+        description="Where the issuer publishes its signing keys (JWKS). Default: the `jwks_uri` "
+        "of the issuer's /.well-known/openid-configuration (OIDC discovery).",
+    )
     tenant_claim: str = Field(default="tenant", description="Claim holding the govllm tenant id.")
     user_claim: str = Field(default="sub", description="Claim identifying the user.")
     algorithms: tuple[str, ...] = Field(default=("RS256", "ES256"), min_length=1)
     leeway_s: int = Field(default=30, ge=0, description="Clock skew tolerated on exp/nbf/iat.")
     jwks_refresh_s: float = Field(default=300.0, gt=0, description="How often signing keys are re-read.")
     ca_bundle: str | None = Field(
-        default=None, description="PEM file of CAs to trust for the JWKS URL (a private PKI)."
+        default=None,
+        description="PEM file of CAs to trust for the JWKS URL and discovery (a private PKI)."
     )
 
     @model_validator(mode="after")
     def _fails_safe(self) -> OIDCSettings:
         from serving.tenancy.oidc_rules import oidc_problems  # dependency-free: no jwt import
 
-        problems = oidc_problems(self.jwks_url, self.algorithms)
+        problems = oidc_problems(self.jwks_url, self.algorithms, issuer=self.issuer)
         if problems:
             raise ValueError("; ".join(problems))
         return self

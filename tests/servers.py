@@ -308,6 +308,8 @@ class Issuer:
         self.jwk_alg: str | None = "RS256"  # the `alg` member published with the key, if any
         self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.fetches = 0
+        self.discoveries = 0  # GETs of /.well-known/openid-configuration
+        self.discovery: dict | None = None  # served instead of the real discovery document
         self.failing = False
         self._jwks: dict = {}
         self._publish()
@@ -317,13 +319,19 @@ class Issuer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802
-                issuer_ref.fetches += 1
+                if self.path == "/.well-known/openid-configuration":
+                    issuer_ref.discoveries += 1
+                    document = issuer_ref.discovery or {"issuer": issuer_ref.issuer,
+                                                        "jwks_uri": issuer_ref.jwks_url}
+                else:
+                    issuer_ref.fetches += 1
+                    document = issuer_ref._jwks
                 if issuer_ref.failing:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
-                body = json.dumps(issuer_ref._jwks).encode()
+                body = json.dumps(document).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -344,6 +352,11 @@ class Issuer:
     @property
     def jwks_url(self) -> str:
         return f"https://127.0.0.1:{self.port}/.well-known/jwks.json"
+
+    @property
+    def url(self) -> str:
+        """The server's own https URL: set `issuer = url` to test OIDC discovery against it."""
+        return f"https://127.0.0.1:{self.port}"
 
     def _publish(self) -> None:
         from jwt.algorithms import RSAAlgorithm

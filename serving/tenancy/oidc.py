@@ -5,6 +5,11 @@ over HTTPS (serving/tenancy/oidc_rules.py says why); a configuration that
 asks for less is refused when the verifier is built. `auth.oidc.ca_bundle`
 names the CAs to trust for a private PKI.
 
+Without `auth.oidc.jwks_url` the keys' location is discovered (OpenID Connect
+Discovery 1.0): the issuer's `/.well-known/openid-configuration` must name
+the configured issuer exactly and an https `jwks_uri`. The location is kept
+until a key fetch fails, then discovered again (an issuer that moved its keys).
+
 The keys are fetched asynchronously and cached. Fetching is rate-limited so
 that no stream of tokens can turn the router into a load generator against
 the identity provider, nor stall requests behind it:
@@ -45,6 +50,7 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 60.0
 MAX_JWKS_BYTES = 1024 * 1024
 FETCH_TIMEOUT_S = 10.0
+DISCOVERY_PATH = "/.well-known/openid-configuration"
 
 #: Key type (and curve) each accepted algorithm needs.
 _KEY_TYPES = {
@@ -107,10 +113,11 @@ class OIDCVerifier:
     """
 
     def __init__(self, settings: OIDCSettings, *, clock: Callable[[], float] = time.monotonic):
-        problems = oidc_problems(settings.jwks_url, settings.algorithms)
+        problems = oidc_problems(settings.jwks_url, settings.algorithms, issuer=settings.issuer)
         if problems:
             raise ValueError("; ".join(problems))
         self._s = settings
+        self._jwks_url: str | None = settings.jwks_url  # None until discovered
         self._clock = clock
         self._ssl = self._tls_context(settings.ca_bundle)
         self._keys: dict[str, _Key] = {}
@@ -147,11 +154,17 @@ class OIDCVerifier:
             delay = min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** (self._failures - 1))
             self._retry_at = self._clock() + delay
             logger.warning("JWKS fetch from %s failed (%s); next attempt in %.0f s at the earliest",
-                           self._s.jwks_url, exc if isinstance(exc, JWKSFetchFailed) else type(exc).__name__,
-                           delay)
+                           self._jwks_url or self._discovery_url,
+                           exc if isinstance(exc, JWKSFetchFailed) else type(exc).__name__, delay)
+            if self._s.jwks_url is None:
+                self._jwks_url = None  # discover again: the issuer may have moved its keys
             raise
         self._keys = keys
         self._failures, self._retry_at = 0, float("-inf")
+
+    @property
+    def _discovery_url(self) -> str:
+        return self._s.issuer.rstrip("/") + DISCOVERY_PATH
 
     async def _download(self) -> Any:
         import aiohttp
@@ -159,19 +172,39 @@ class OIDCVerifier:
         timeout = aiohttp.ClientTimeout(total=FETCH_TIMEOUT_S)
         connector = aiohttp.TCPConnector(ssl=self._ssl)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            # no redirects: a redirect could leave HTTPS or the issuer's host
-            async with session.get(self._s.jwks_url, allow_redirects=False) as resp:
-                if resp.status != 200:
-                    raise JWKSFetchFailed(f"HTTP {resp.status}")
-                body = bytearray()
-                async for chunk in resp.content.iter_chunked(65536):
-                    body += chunk
-                    if len(body) > MAX_JWKS_BYTES:
-                        raise JWKSFetchFailed(f"JWKS document larger than {MAX_JWKS_BYTES} bytes")
+            if self._jwks_url is None:
+                self._jwks_url = await self._discover(session)
+            return await self._get_json(session, self._jwks_url, "JWKS document")
+
+    async def _discover(self, session) -> str:
+        """The issuer's jwks_uri from its discovery document, checked like a configured one."""
+        document = await self._get_json(session, self._discovery_url, "discovery document")
+        if not isinstance(document, dict) or document.get("issuer") != self._s.issuer:
+            named = document.get("issuer") if isinstance(document, dict) else None
+            raise JWKSFetchFailed(f"the discovery document names issuer {str(named)[:200]!r}, "
+                                  f"not the configured {self._s.issuer!r}")
+        uri = document.get("jwks_uri")
+        if not isinstance(uri, str) or oidc_problems(uri, self._s.algorithms):
+            raise JWKSFetchFailed(f"the discovery document's jwks_uri {str(uri)[:200]!r} is not an "
+                                  "https:// URL")
+        logger.info("OIDC keys of %s discovered at %s", self._s.issuer, uri)
+        return uri
+
+    @staticmethod
+    async def _get_json(session, url: str, what: str) -> Any:
+        # no redirects: a redirect could leave HTTPS or the issuer's host
+        async with session.get(url, allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise JWKSFetchFailed(f"{what}: HTTP {resp.status}")
+            body = bytearray()
+            async for chunk in resp.content.iter_chunked(65536):
+                body += chunk
+                if len(body) > MAX_JWKS_BYTES:
+                    raise JWKSFetchFailed(f"{what} larger than {MAX_JWKS_BYTES} bytes")
         try:
             return json.loads(bytes(body))
         except ValueError:
-            raise JWKSFetchFailed("the JWKS document is not JSON") from None
+            raise JWKSFetchFailed(f"the {what} is not JSON") from None
 
     def _may_fetch_now(self, *, on_demand: bool) -> bool:
         if self._inflight is not None and not self._inflight.done():

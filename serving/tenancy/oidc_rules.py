@@ -16,8 +16,12 @@ ASYMMETRIC_ALGORITHMS = frozenset({
 })
 
 
-def oidc_problems(jwks_url: str, algorithms: Iterable[str]) -> list[str]:
-    """Why this OIDC configuration is unsafe; empty when it is acceptable."""
+def oidc_problems(jwks_url: str | None, algorithms: Iterable[str], *, issuer: str | None = None) -> list[str]:
+    """Why this OIDC configuration is unsafe; empty when it is acceptable.
+
+    Without `jwks_url` the keys' location is discovered from the issuer's
+    /.well-known/openid-configuration, so the issuer URL must be HTTPS instead.
+    """
     problems = []
     refused = [a for a in algorithms if a not in ASYMMETRIC_ALGORITHMS]
     if refused:
@@ -25,7 +29,11 @@ def oidc_problems(jwks_url: str, algorithms: Iterable[str]) -> list[str]:
             f"auth.oidc.algorithms may name only asymmetric algorithms "
             f"({', '.join(sorted(ASYMMETRIC_ALGORITHMS))}); refused: {', '.join(refused)}"
         )
-    if not jwks_url.lower().startswith("https://"):
+    if jwks_url is None:
+        if not (issuer or "").lower().startswith("https://"):
+            problems.append("auth.oidc.issuer must be an https:// URL to discover the signing keys "
+                            "from its /.well-known/openid-configuration (or set auth.oidc.jwks_url)")
+    elif not jwks_url.lower().startswith("https://"):
         problems.append("auth.oidc.jwks_url must be an https:// URL (set auth.oidc.ca_bundle for a "
                         "private CA)")
     return problems

@@ -195,3 +195,52 @@ def test_key_rotation_at_the_issuer_is_picked_up(issuer):
     clock.now += 11
     p = asyncio.run(v.verify(issuer.token()))
     assert p.tenant == "dev-local"
+
+
+def _discovering(issuer: Issuer, clock=None) -> OIDCVerifier:
+    """A verifier configured with the issuer alone: its keys are found by discovery."""
+    issuer.issuer = issuer.url  # tokens' iss and the discovery document name this URL
+    return OIDCVerifier(OIDCSettings(issuer=issuer.url, audience=issuer.audience,
+                                     ca_bundle=issuer.ca_bundle), **({"clock": clock} if clock else {}))
+
+
+def test_keys_are_discovered_from_the_issuer(issuer):
+    v = _discovering(issuer)
+    principal = check(issuer, issuer.token(tenant="city"), v)
+    assert principal.tenant == "city"
+    assert issuer.discoveries == 1 and issuer.fetches == 1
+    check(issuer, issuer.token(tenant="city"), v)  # the location is kept
+    assert issuer.discoveries == 1
+
+
+def test_discovery_refuses_another_issuer_and_plain_http_keys(issuer):
+    issuer.discovery = {"issuer": "https://evil.example", "jwks_uri": issuer.jwks_url}
+    with pytest.raises(Exception, match="names issuer 'https://evil.example'"):
+        check(issuer, issuer.token(), _discovering(issuer))
+    issuer.discovery = {"issuer": issuer.url, "jwks_uri": issuer.jwks_url.replace("https:", "http:")}
+    with pytest.raises(Exception, match="is not an https:// URL"):
+        check(issuer, issuer.token(), _discovering(issuer))
+    assert issuer.fetches == 0  # no key document was read from an unverified location
+
+
+def test_discovery_needs_an_https_issuer():
+    with pytest.raises(ValueError, match="issuer must be an https:// URL"):
+        OIDCSettings(issuer="http://idp.example", audience="govllm")
+
+
+def test_a_failed_key_fetch_discovers_again(issuer):
+    clock = Clock()
+    v = _discovering(issuer, clock)
+    check(issuer, issuer.token(), v)
+    issuer.failing = True
+    clock.now += 1000
+
+    async def refresh():
+        await v.refresh()
+
+    with pytest.raises(Exception, match="HTTP 503"):
+        asyncio.run(refresh())
+    issuer.failing = False
+    clock.now += 1000
+    asyncio.run(refresh())
+    assert issuer.discoveries == 2  # the issuer may have moved its keys
