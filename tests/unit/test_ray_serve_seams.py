@@ -132,3 +132,46 @@ def test_serve_log_constants_govllm_mirrors():
 
     assert SERVE_LOGGER == SERVE_LOGGER_NAME and EXTRA_FIELDS == SERVE_LOG_EXTRA_FIELDS
     assert EXTRA_FIELDS in LOGGER_FLATTEN_KEYS  # flattened into top-level JSON keys
+
+
+def test_every_vllm_name_ray_serve_llm_imports_exists_in_the_pinned_vllm():
+    """Ray 2.60's vLLM engine was written against vLLM 0.29 (its `llm` extra's pin); each
+    `from vllm... import name` in it, lazy ones and type-only ones included, must resolve in
+    the vLLM govllm installs (0.32), or the engine fails at replica start."""
+    import ast
+
+    engine = importlib.import_module("ray.llm._internal.serve.engines.vllm.vllm_engine")
+    tree = ast.parse(inspect.getsource(engine))
+    wanted = sorted({(node.module, alias.name) for node in ast.walk(tree)
+                     if isinstance(node, ast.ImportFrom) and node.module
+                     and node.module.split(".")[0] == "vllm" for alias in node.names})
+    assert len(wanted) >= 10
+    missing = [f"{module}.{name}" for module, name in wanted if not _defines(module, name)]
+    assert not missing, f"vLLM lacks what Ray Serve LLM imports: {missing}"
+
+
+def _defines(module: str, name: str) -> bool:
+    """Whether `module` defines or imports `name`, read from its source (importing vLLM's
+    server modules takes a minute on a small machine; reading them takes milliseconds)."""
+    import ast
+    from importlib.util import find_spec
+
+    parts = module.split(".")
+    root = find_spec(parts[0])
+    path = Path(root.submodule_search_locations[0]).joinpath(*parts[1:])
+    source = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    if not source.is_file():
+        return False
+    if path.is_dir() and ((path / name).is_dir() or (path / f"{name}.py").is_file()):
+        return True  # a submodule
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == name:
+            return True
+        if isinstance(node, ast.Import | ast.ImportFrom) and any(
+                (a.asname or a.name.split(".")[0]) == name for a in node.names):
+            return True
+        if isinstance(node, ast.Assign | ast.AnnAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return True
+    return False
