@@ -19,6 +19,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from serving.sse import SSEParser
+
 
 @dataclass
 class RequestTiming:
@@ -82,14 +84,9 @@ async def _one_request(session, url: str, headers: dict, body: bytes) -> Request
     async with session.post(url, data=body, headers=headers) as resp:
         if resp.status != 200:
             raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:300]}")
-        buffer = b""
+        parser = SSEParser()  # serving/sse.py: the one SSE parser
         async for data in resp.content.iter_any():
-            buffer += data
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                if not event.startswith(b"data: "):
-                    continue
-                payload = event[6:]
+            for payload in parser.feed(data):
                 if payload == b"[DONE]":
                     return RequestTiming(ttft or 0.0, time.perf_counter() - start, tokens)
                 chunk = json.loads(payload)

@@ -1,7 +1,7 @@
 """Measuring one streamed chat completion from the bytes as they arrive.
 
-The meter is fed raw network reads with the time each arrived; it cuts them into SSE events
-itself (a read may hold several events or half of one) and records:
+The meter is fed raw network reads with the time each arrived; serving/sse.py cuts them into SSE events
+(a read may hold several events or half of one) and the meter records:
 
 * TTFT: send -> the first event whose delta has non-empty `content`. Role-only first chunks
   and empty deltas (servers hold back incomplete multi-byte characters) do not count.
@@ -11,13 +11,16 @@ itself (a read may hold several events or half of one) and records:
   counts, which servers batch.
 * E2E: send -> `data: [DONE]`.
 
-Same parsing approach as loadtest/serving_bench.py, with the timestamps kept per event.
+The same parser as loadtest/serving_bench.py and the audit record builder, with the timestamps
+kept per event.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+
+from serving.sse import SSEParser
 
 
 @dataclass
@@ -42,7 +45,7 @@ class StreamMeter:
 
     def __init__(self, started_at: float, *, keep_text: bool = True):
         self._start = started_at
-        self._buffer = b""
+        self._sse = SSEParser()
         self._last_content_at: float | None = None
         self._keep_text = keep_text
         self._parts: list[str] = []
@@ -50,22 +53,10 @@ class StreamMeter:
 
     def feed(self, data: bytes, now: float) -> None:
         self.result.bytes_read += len(data)
-        self._buffer += data
-        while True:
-            # SSE events end with a blank line; servers use \n\n (\r\n\r\n is allowed too)
-            cut = self._buffer.find(b"\n\n")
-            cut_r = self._buffer.find(b"\r\n\r\n")
-            if cut_r != -1 and (cut == -1 or cut_r < cut):
-                event, self._buffer = self._buffer[:cut_r], self._buffer[cut_r + 4:]
-            elif cut != -1:
-                event, self._buffer = self._buffer[:cut], self._buffer[cut + 2:]
-            else:
-                return
-            self._event(event, now)
+        for payload in self._sse.feed(data):  # serving/sse.py: the one SSE parser
+            self._event(payload, now)
 
-    def _event(self, event: bytes, now: float) -> None:
-        payload = b"".join(line[5:].lstrip(b" ") for line in event.splitlines()
-                           if line.startswith(b"data:"))
+    def _event(self, payload: bytes, now: float) -> None:
         if not payload:
             return
         if payload == b"[DONE]":

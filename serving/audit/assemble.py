@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from serving.sse import events as sse_events
+
 _ERROR_FIELDS = ("message", "type", "code", "param")
 
 
@@ -88,17 +90,7 @@ def _other_fields(choice: _Choice, delta: dict) -> None:
 
 def _events(raw: bytes) -> list[bytes]:
     """The data of each SSE event (LF, CRLF or CR line endings; multi-line data joined)."""
-    if b"\r" in raw:
-        raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-    out = []
-    for block in raw.split(b"\n\n"):
-        if block.startswith(b"data: ") and b"\n" not in block:
-            out.append(block[6:])  # the usual case: one data line
-            continue
-        data = [line[5:].removeprefix(b" ") for line in block.split(b"\n") if line.startswith(b"data:")]
-        if data:
-            out.append(b"\n".join(data))
-    return out
+    return sse_events(raw)  # serving/sse.py: the one SSE parser
 
 
 def assemble_stream(raw: bytes, operation: str | None) -> tuple[list[dict], list[dict]]:
