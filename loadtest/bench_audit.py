@@ -21,11 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from loadtest.llmload.metrics import percentile
 from serving.audit.crypto import LocalKeyFileKeys
 from serving.audit.spool import AuditSpool
 from serving.audit.trail import AuditTrail
@@ -108,9 +108,7 @@ def answer(ctx: RequestContext) -> None:
 
 
 def _us(samples: list[float]) -> dict:
-    ordered = sorted(samples)
-    return {"p50": round(1e6 * statistics.median(ordered), 1),
-            "p99": round(1e6 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 1)}
+    return {f"p{q}": round(1e6 * percentile(samples, q), 1) for q in (50, 99)}
 
 
 async def _requests(trail: AuditTrail, n: int, concurrency: int, *, begin: bool, base: int) -> dict:

@@ -35,6 +35,7 @@ from cluster.spec import DEFAULT_SPEC_PATH, ClusterSpec
 from govllm import embedded_store
 from govllm.runtime_env import free_port
 from loadtest.bench_stacks import apply_profile
+from loadtest.llmload.metrics import percentile
 from serving.config import ServingConfig
 from serving.router.pipeline import Authenticate, ParseRequest, RequestContext, ResolveModel
 from serving.tenancy.keystore import KeyAdmin, KeyCache
@@ -94,9 +95,7 @@ def _config(state: Path, port: int, *, full: bool) -> ServingConfig:
 
 
 def _percentiles(samples: list[float]) -> dict:
-    q = statistics.quantiles(samples, n=100)
-    return {"p50_us": round(statistics.median(samples), 1), "p90_us": round(q[89], 1),
-            "p99_us": round(q[98], 1)}
+    return {f"p{q}_us": round(percentile(samples, q), 1) for q in (50, 90, 99)}
 
 
 async def _drive(cfg: ServingConfig, requests: int, api_key: str | None) -> dict:

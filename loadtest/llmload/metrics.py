@@ -19,7 +19,6 @@ Definitions:
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -81,16 +80,15 @@ def tokens_per_s(output_tokens: int, e2e_ms: float) -> float | None:
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100), linear interpolation (numpy's default); None if empty."""
-    if not values:
+    """The q-th percentile (0..100), numpy's default (linear) method; None if empty.
+
+    The one definition every report and benchmark of this project uses (loadtest/, docs).
+    """
+    if len(values) == 0:
         return None
-    data = sorted(values)
-    if len(data) == 1:
-        return float(data[0])
-    pos = (len(data) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return float(data[lo] + (data[hi] - data[lo]) * (pos - lo))
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values, dtype=float), q))
 
 
 def values_of(records: Iterable[RequestRecord], metric: str) -> list[float]:

@@ -25,9 +25,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loadtest.llmload.metrics import (
     DISTRIBUTIONS,
@@ -94,50 +95,91 @@ class SLOSet:
         return True
 
 
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # strict: `true` is not a number
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _PerRequest(_Strict):
+    ttft_ms: Annotated[Number, Field(gt=0)] | None = None
+    tpot_ms: Annotated[Number, Field(gt=0)] | None = None
+    e2e_ms: Annotated[Number, Field(gt=0)] | None = None
+
+
+class _Gate(_Strict):
+    metric: Literal[DISTRIBUTIONS + RATE_METRICS]  # type: ignore[valid-type]
+    stat: Literal[STATS] | None = None  # type: ignore[valid-type]
+    max: Number | None = None
+    min: Number | None = None
+    scenario: str | None = None
+    model: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _Gate:
+        if self.metric in DISTRIBUTIONS and self.stat is None:
+            raise ValueError(f"{self.metric} needs stat, one of {', '.join(STATS)}")
+        if self.metric in RATE_METRICS and self.stat is not None:
+            raise ValueError(f"{self.metric} is a rate; remove stat")
+        if (self.max is None) == (self.min is None):
+            raise ValueError("give exactly one of max or min")
+        return self
+
+
+class _SLOFile(_Strict):
+    """The SLO file's schema, validated by pydantic like the cluster spec."""
+
+    per_request: _PerRequest = Field(default_factory=_PerRequest)
+    gates: list[_Gate] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_empty(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in ("per_request", "gates")}
+        return data
+
+
+def _field(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not str(part).startswith(("function-", "literal[")):
+            out += f".{part}" if out else str(part)
+    return out
+
+
 def parse_slo(data: Any, source: str = "<inline>") -> SLOSet:
-    """Validate an SLO document; raises SLOError naming the field."""
+    """Validate an SLO document; raises SLOError naming the file and the field."""
     if not isinstance(data, dict):
         raise SLOError(f"{source}: an SLO file is a mapping with per_request and/or gates")
-    unknown = set(data) - {"per_request", "gates"}
+    unknown = set(data) - set(_SLOFile.model_fields)
     if unknown:
         raise SLOError(f"{source}: unknown keys {sorted(unknown)}; allowed: per_request, gates")
-    per_request = data.get("per_request") or {}
-    if not isinstance(per_request, dict):
-        raise SLOError(f"{source}: per_request must be a mapping of {', '.join(PER_REQUEST_KEYS)}")
-    for key, value in per_request.items():
-        if key not in PER_REQUEST_KEYS:
-            raise SLOError(f"{source}: per_request.{key}: unknown; allowed: {', '.join(PER_REQUEST_KEYS)}")
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise SLOError(f"{source}: per_request.{key}: must be a positive number of milliseconds")
-    gates = []
-    for i, raw in enumerate(data.get("gates") or []):
-        where = f"{source}: gates[{i}]"
-        if not isinstance(raw, dict):
-            raise SLOError(f"{where}: must be a mapping with metric and max or min")
-        extra = set(raw) - {"metric", "stat", "max", "min", "scenario", "model"}
-        if extra:
-            raise SLOError(f"{where}: unknown keys {sorted(extra)}")
-        metric, stat = raw.get("metric"), raw.get("stat")
-        if metric in DISTRIBUTIONS:
-            if stat not in STATS:
-                raise SLOError(f"{where}: {metric} needs stat, one of {', '.join(STATS)}")
-        elif metric in RATE_METRICS:
-            if stat is not None:
-                raise SLOError(f"{where}: {metric} is a rate; remove stat")
-        else:
-            raise SLOError(f"{where}: unknown metric {metric!r}; one of "
-                           f"{', '.join(DISTRIBUTIONS + RATE_METRICS)}")
-        if (raw.get("max") is None) == (raw.get("min") is None):
-            raise SLOError(f"{where}: give exactly one of max or min")
-        bound = raw.get("max", raw.get("min"))
-        if not isinstance(bound, (int, float)):
-            raise SLOError(f"{where}: the bound must be a number")
-        if metric == "goodput" and not per_request:
-            raise SLOError(f"{where}: goodput needs per_request limits to say what a good request is")
-        gates.append(Gate(metric=metric, stat=stat, max=raw.get("max"), min=raw.get("min"),
-                          scenario=raw.get("scenario"), model=raw.get("model")))
-    return SLOSet(per_request={k: float(v) for k, v in per_request.items()}, gates=tuple(gates),
-                  source=source)
+    try:
+        doc = _SLOFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where, msg = _field(err["loc"]), err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"unknown; allowed: {', '.join(PER_REQUEST_KEYS)}" if where.startswith(
+                    "per_request") else "unknown key"
+            elif err["type"] == "literal_error" and where.endswith("metric"):
+                msg = (f"unknown metric {err.get('input')!r}; one of "
+                       f"{', '.join(DISTRIBUTIONS + RATE_METRICS)}")
+            problems.append(f"{source}: {where}: {msg}" if where else f"{source}: {msg}")
+        raise SLOError("; ".join(problems)) from None
+    per_request = {k: v for k, v in doc.per_request.model_dump().items() if v is not None}
+    for i, gate in enumerate(doc.gates):
+        if gate.metric == "goodput" and not per_request:
+            raise SLOError(f"{source}: gates[{i}]: goodput needs per_request limits to say what a "
+                           "good request is")
+    gates = tuple(Gate(metric=g.metric, stat=g.stat, max=g.max, min=g.min, scenario=g.scenario,
+                       model=g.model) for g in doc.gates)
+    return SLOSet(per_request={k: float(v) for k, v in per_request.items()}, gates=gates, source=source)
 
 
 def load_slo(path: str | Path) -> SLOSet:

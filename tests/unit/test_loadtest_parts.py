@@ -257,3 +257,41 @@ def test_report_buckets_by_send_and_completion_time():
     per = completions_per_bucket(records, 1.0)
     assert per["ok"] == [1.0, 0.0, 1.0, 0.0, 1.0]  # completions at 0.5, 2.5 and 4.0 s
     assert per["quota"][2] == 1.0 and per["tokens"][0] == 10.0
+
+
+@pytest.mark.parametrize("doc, field", [
+    ({"per_request": {"ttft_ms": True}}, r"per_request\.ttft_ms"),  # YAML `true` is not 1 ms
+    ({"gates": [{"metric": "error_rate", "max": True}]}, r"gates\[0\]\.max"),
+    ({"gates": [{"metric": "ttft_ms", "stat": "p90", "max": "fast"}]}, r"gates\[0\]\.max"),
+    ({"per_request": {"e2e_ms": -5}}, r"per_request\.e2e_ms"),
+    ({"gates": [{"metric": "ttft_ms", "stat": "p42", "max": 1}]}, r"gates\[0\]\.stat"),
+])
+def test_slo_values_are_validated_strictly(doc, field):
+    with pytest.raises(SLOError, match=field):
+        parse_slo(doc, "slo.yaml")
+
+
+def test_the_shipped_slo_files_still_load():
+    from pathlib import Path
+
+    from loadtest.llmload.slo import load_slo
+
+    for path in (Path(__file__).parents[2] / "loadtest" / "slo").glob("*.yaml"):
+        assert load_slo(path).gates, path
+
+
+def test_percentiles_are_computed_one_way_everywhere():
+    """Reports, SLO gates and the benchmarks all use numpy's percentile (linear)."""
+    import numpy as np
+
+    from loadtest.bench_audit import _us
+    from loadtest.bench_tenancy import _percentiles
+    from loadtest.llmload.metrics import percentile
+
+    samples = [0.5, 3.0, 1.0, 7.5, 2.0, 11.0, 4.0]  # 7 samples: the methods that existed disagree
+    for q in (50, 90, 99):
+        assert percentile(samples, q) == pytest.approx(np.percentile(samples, q))
+    assert _percentiles(samples) == {f"p{q}_us": round(float(np.percentile(samples, q)), 1)
+                                     for q in (50, 90, 99)}
+    assert _us(samples) == {f"p{q}": round(1e6 * float(np.percentile(samples, q)), 1) for q in (50, 99)}
+    assert percentile([], 50) is None
