@@ -22,8 +22,9 @@ from serving.router.pipeline import AccessLog, RequestContext
 
 @pytest.fixture
 def serve_log(tmp_path):
-    serve_logger = logging.getLogger("ray.serve")
-    saved = list(serve_logger.handlers)
+    serve_logger, govllm_logger = logging.getLogger("ray.serve"), logging.getLogger("govllm")
+    saved = (list(serve_logger.handlers), serve_logger.propagate, serve_logger.level)
+    saved_govllm = (list(govllm_logger.handlers), govllm_logger.propagate, govllm_logger.level)
 
     def configure(encoding: str) -> Path:
         configure_component_logger(component_name="router", component_id="test-replica",
@@ -35,7 +36,9 @@ def serve_log(tmp_path):
     yield configure
     for h in serve_logger.handlers:
         h.flush()
-    serve_logger.handlers[:] = saved
+    serve_logger.handlers[:], serve_logger.propagate, serve_logger.level = saved
+    # later tests (caplog) need govllm's records to reach the root logger again
+    govllm_logger.handlers[:], govllm_logger.propagate, govllm_logger.level = saved_govllm
 
 
 def _request() -> RequestContext:
