@@ -10,9 +10,10 @@ given names collide with ordinary words).
 Why SudachiPy and not GiNZA: GiNZA (ja-ginza) is a spaCy pipeline whose
 tokeniser *is* SudachiPy with the same dictionary, plus a parser and an NER
 model on top; its person entities come from the same dictionary evidence
-with more cost on top (docs/pii.md has both measured). The morphological
-analysis alone already exceeds the 2 ms budget for a 2,000-character prompt,
-so names are detected only where a policy sets `names: true`.
+with much more cost on top (docs/pii.md has both measured). Even the
+morphological analysis alone takes most of the 2 ms budget for a
+2,000-character prompt (and its dictionary is ~200 MB installed), so names
+are detected only where a policy sets `names: true`.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class PIIPolicy(BaseModel):
         "mask or refuse.",
     )
     names: bool = Field(
-        default=False, description="Detect personal names (SudachiPy; costs ~1.4 ms per 1,000 "
+        default=False, description="Detect personal names (SudachiPy; about 0.7 ms per 1,000 "
         "characters, docs/pii.md). PERSON actions apply only when set.",
     )
 
