@@ -45,6 +45,7 @@ from loadtest.llmload.prompts import TokenBudget
 from loadtest.llmload.shapes import DayProfile, Spike, Steady, Step
 from loadtest.llmload.slo import SLOSet, evaluate, load_slo
 from loadtest.llmload.stream import StreamMeter
+from loadtest.llmload.tokens import budget_from_tokenizer, parse_tokenizers
 
 log = logging.getLogger("govllm.loadtest")
 RESULTS_DIR = Path("loadtest/results")
@@ -108,6 +109,9 @@ def _options(parser) -> None:
     g.add_argument("--summary-file", env_var="LOADTEST_SUMMARY_FILE", default="",
                    help="JSON summary (default: <--csv prefix>_summary.json)")
     g.add_argument("--seed", env_var="LOADTEST_SEED", type=int, default=0)
+    g.add_argument("--tokenizer", env_var="LOADTEST_TOKENIZER", default="",
+                   help="Count prompt tokens with the model's tokenizer instead of calibrating "
+                   "through the API: PATH for every model, or MODEL=PATH,... (local files only)")
 
 
 def _range(text: str, what: str) -> tuple[float, float]:
@@ -142,6 +146,7 @@ class Settings:
     fixed_output: bool
     quota_backoff_max: float
     seed: int
+    tokenizers: dict[str, str] = field(default_factory=dict)  # model (or "*") -> tokenizer path
 
 
 def _int_range(text: str, what: str) -> tuple[int, int]:
@@ -184,6 +189,7 @@ def settings_from(opts) -> Settings:
         fixed_output=opts.fixed_output == "true",
         quota_backoff_max=opts.quota_backoff_max,
         seed=opts.seed,
+        tokenizers=parse_tokenizers(getattr(opts, "tokenizer", "") or ""),
     )
 
 
@@ -503,6 +509,12 @@ class LLMUser(HttpUser):
         return catalog.budgets[model]
 
     def _calibrate(self, model: str, max_model_len: int | None) -> TokenBudget:
+        path = self.settings.tokenizers.get(model) or self.settings.tokenizers.get("*")
+        if path:  # exact and request-free (loadtest/llmload/tokens.py)
+            budget = budget_from_tokenizer(path, max_model_len)
+            log.info(f"{model}: {budget.tokens_per_char:.2f} tokens per character from the tokenizer "
+                     f"at {path}, template overhead {budget.overhead_tokens - 32} tokens")
+            return budget
         text = prompts.calibration_text()
         counts = []
         for content in ("あ", text):
