@@ -35,6 +35,9 @@ TEST_TENANTS = [
      "limits": {"monthly_token_budget": 1500}},
     {"id": "load-city-b", "name": "負荷試験市B", "kind": "municipality", "max_confidentiality": 1,
      "limits": {"monthly_token_budget": 1500}},
+    # rate-limit headers (test_ecosystem.py): its own tenant, so no other test moves its counters
+    {"id": "ratelimit-town", "name": "流量表示町", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"requests_per_minute": 3, "tokens_per_minute": 100_000}},
     # the personal-information guard's policies (test_pii.py)
     {"id": "pii-refuse", "name": "個人番号拒否市", "kind": "municipality", "max_confidentiality": 1,
      "pii": {"actions": {"JP_MY_NUMBER": "refuse"}}},
