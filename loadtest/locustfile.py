@@ -36,7 +36,8 @@ from typing import Any
 
 import gevent
 from gevent.lock import Semaphore
-from locust import HttpUser, LoadTestShape, events, tag, task
+from locust import LoadTestShape, events, tag, task
+from locust.contrib.fasthttp import FastHttpUser
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest.llmload import prompts
@@ -452,11 +453,18 @@ class Answer:
     retry_after_s: float = 0.0
 
 
-class LLMUser(HttpUser):
-    """Streaming chat requests measured from the bytes; subclasses are the scenarios."""
+class LLMUser(FastHttpUser):
+    """Streaming chat requests measured from the bytes; subclasses are the scenarios.
+
+    FastHttpUser (geventhttpclient): at 50 users it measured TTFT closer to the truth than
+    HttpUser at less client CPU (docs/benchmarks.md, `python -m loadtest.bench_locust_client`),
+    provided the stream is read line by line as it arrives (`_stream_lines`).
+    """
 
     abstract = True
     scenario = "llm"
+    connection_timeout = 10.0
+    network_timeout = 900.0  # a long generation may be silent between events for minutes
 
     def on_start(self) -> None:
         self.settings: Settings = STATE.settings or settings_from(self.environment.parsed_options)
@@ -480,7 +488,7 @@ class LLMUser(HttpUser):
     def _discover(self) -> ModelCatalog:
         key = self.api_key or (self.settings.tenant_keys[0]["key"] if self.settings.tenant_keys else "")
         with self.client.get("/v1/models", headers=_auth(key), name="/v1/models",
-                             catch_response=True, timeout=30) as resp:
+                             catch_response=True) as resp:
             if resp.status_code != 200:
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
                 raise RuntimeError(f"cannot list models at {self.host}: HTTP {resp.status_code}")
@@ -522,7 +530,7 @@ class LLMUser(HttpUser):
                     "messages": [{"role": "system", "content": prompts.prompt_set()["system_prompts"][0]},
                                  {"role": "user", "content": content}]}
             with self.client.post("/v1/chat/completions", json=body, headers=_auth(self.api_key),
-                                  name=f"calibrate {model}", catch_response=True, timeout=60) as resp:
+                                  name=f"calibrate {model}", catch_response=True) as resp:
                 if resp.status_code != 200:
                     resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
                     STATE.warn_once(f"cal-{model}", f"could not calibrate {model}; assuming 1 token/char")
@@ -555,8 +563,7 @@ class LLMUser(HttpUser):
                             tenant=tenant)
         start = time.perf_counter()
         with self.client.post("/v1/chat/completions", json=body, headers=headers, stream=True,
-                              catch_response=True, name=f"{scenario} {model}",
-                              timeout=(10, 900)) as resp:
+                              catch_response=True, name=f"{scenario} {model}") as resp:
             rec.status = resp.status_code
             if resp.status_code == 429:
                 return self._quota(resp, rec, scenario, model)
@@ -566,7 +573,7 @@ class LLMUser(HttpUser):
                 return self._finish(rec, Answer("error"))
             meter = StreamMeter(start)
             try:
-                for data in resp.iter_content(chunk_size=None):
+                for data in _stream_lines(resp):
                     meter.feed(data, time.perf_counter())
             except Exception as exc:  # the connection broke mid-stream
                 meter.result.error = f"stream broken: {type(exc).__name__}: {exc}"
@@ -633,6 +640,17 @@ class LLMUser(HttpUser):
 
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _stream_lines(resp):
+    """The body line by line, each as soon as its LF arrives.
+
+    locust's FastResponse.iter_content(n) waits until n bytes are buffered, which delays the
+    first token by up to n bytes of events; geventhttpclient's own response (`_response`, not
+    part of locust's API) has readline, which returns as soon as a line is complete.
+    """
+    raw = resp._response
+    return iter(lambda: raw.readline(b"\n"), b"")
 
 
 def _error_code(resp) -> str:
