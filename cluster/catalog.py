@@ -17,6 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cluster.vllm_features import REASONING_PARSERS, TOOL_CALL_PARSERS, check_name
+
 DATA_DIR = Path(__file__).parent / "catalog_data"
 
 UNKNOWN = "unknown"
@@ -135,6 +137,29 @@ class WeightSource(_Strict):
     note: str | None = None
 
 
+class Parsers(_Strict):
+    """What vLLM 0.32 parses for the family: tool calls (`tool_choice: auto`) and reasoning.
+
+    None where no registered parser fits the model's format (the note says why); tool_choice
+    `required` and named tools still work there, enforced by guided decoding whatever the
+    format. The spec's models[].tool_call_parser / reasoning_parser take these values.
+    """
+
+    source: str = Field(description="Key of `sources`.")
+    tool_call_parser: str | None
+    reasoning_parser: str | None
+    chat_template: str | None = Field(
+        default=None, description="A vLLM example template the parser needs when the model's own "
+        "does not render tools.")
+    note: str
+
+    @model_validator(mode="after")
+    def _registered(self) -> Parsers:
+        check_name(self.tool_call_parser, TOOL_CALL_PARSERS, "tool_call_parser")
+        check_name(self.reasoning_parser, REASONING_PARSERS, "reasoning_parser")
+        return self
+
+
 class ModelCard(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
     name: str
@@ -152,10 +177,11 @@ class ModelCard(_Strict):
     quantizations: tuple[QuantizationId, ...] = Field(min_length=1)
     quantization_note: str
     architecture: CatalogArchitecture
+    parsers: Parsers
     notes: tuple[str, ...] = ()
 
     def source_keys(self) -> list[str]:
-        return [self.params_source, self.context_source, self.architecture.source]
+        return [self.params_source, self.context_source, self.architecture.source, self.parsers.source]
 
 
 class InstanceType(_Strict):
