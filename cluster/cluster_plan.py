@@ -8,7 +8,7 @@ table an operator reads and the LLMConfig Ray Serve runs.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,40 @@ class ModelPlan:
 
 
 @dataclass(frozen=True)
+class EndpointPlan:
+    """A vendor-hosted model: not sized (no GPUs of ours); its capacity is its contract."""
+
+    model_id: str
+    provider: str
+    max_concurrency: int
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+    max_confidentiality: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model_id, "sized": False, "provider": self.provider,
+                "max_concurrency": self.max_concurrency,
+                "requests_per_minute": self.requests_per_minute,
+                "tokens_per_minute": self.tokens_per_minute,
+                "max_confidentiality": self.max_confidentiality}
+
+
+def endpoint_plans(spec: ClusterSpec) -> list[EndpointPlan]:
+    """The spec's vendor endpoints as the plan reports them: capacity from the contract."""
+    out = []
+    for m in spec.endpoints():
+        ep = m.source.endpoint
+        out.append(EndpointPlan(m.id, ep.terms.provider, ep.limits.max_concurrency,
+                                ep.limits.requests_per_minute, ep.limits.tokens_per_minute,
+                                m.max_confidentiality))
+    return out
+
+
+@dataclass(frozen=True)
 class ClusterPlan:
     models: list[ModelPlan]
     problems: list[str]
+    endpoints: list[EndpointPlan] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
@@ -73,13 +104,14 @@ class ClusterPlan:
             "problems": self.problems,
             "gpus_per_class": self.gpus_per_class(),
             "models": [m.to_json() for m in self.models],
+            "endpoints": [e.to_json() for e in self.endpoints],
         }
 
 
 def _shares(spec: ClusterSpec) -> dict[str, float]:
     """Explicit traffic shares; the rest of the traffic split evenly over the others."""
     given = {m.id: m.sizing.traffic_share for m in spec.models if m.sizing and m.sizing.traffic_share}
-    rest = [m.id for m in spec.models if m.id not in given]
+    rest = [m.id for m in spec.self_hosted() if m.id not in given]
     left = max(0.0, 1.0 - sum(given.values()))
     return {**given, **{mid: left / len(rest) for mid in rest}} if rest else given
 
@@ -104,6 +136,7 @@ def sizing_request(spec: ClusterSpec, model: ModelSpec, spec_dir: Path) -> Sizin
         supply_hint=f"supply them in {where}.architecture or point {where}.hf_config at the "
         "delivered config.json",
     )
+    pooling = model.kind != "chat"
     return SizingRequest(
         model=model.id,
         shape=resolved.shape,
@@ -118,10 +151,12 @@ def sizing_request(spec: ClusterSpec, model: ModelSpec, spec_dir: Path) -> Sizin
         gpus_per_node=pool.gpus_per_node,
         allowed_quantizations=card.quantizations if card else SizingRequest.allowed_quantizations,
         context_length=resolved.context_length,
-        typical_sequence_tokens=load.mean_input_tokens + load.mean_output_tokens,
-        mean_context_tokens=load.mean_input_tokens + load.mean_output_tokens // 2,
+        # a pooling model (embedding, rerank) reads its input and generates nothing
+        typical_sequence_tokens=load.mean_input_tokens + (0 if pooling else load.mean_output_tokens),
+        mean_context_tokens=load.mean_input_tokens + (0 if pooling else load.mean_output_tokens // 2),
         overhead_bytes=int(sizing.overhead_gib * 2**30) if sizing.overhead_gib is not None else None,
         measured_decode_tokens_per_s=sizing.decode_tokens_per_s,
+        pooling=pooling,
     )
 
 
@@ -151,9 +186,9 @@ def plan_cluster(spec: ClusterSpec, spec_dir: Path) -> ClusterPlan:
     if spec.engine.device != "gpu":
         raise PlanningError("govllm plan --spec sizes GPU deployments; this spec has engine.device cpu")
     shares = _shares(spec)
-    models = [plan_model(spec, m, spec_dir, share=shares[m.id]) for m in spec.models]
+    models = [plan_model(spec, m, spec_dir, share=shares[m.id]) for m in spec.self_hosted()]
     problems = [f"{m.model_id}: {r}" for m in models for r in m.sizing.reasons]
-    result = ClusterPlan(models=models, problems=problems)
+    result = ClusterPlan(models=models, problems=problems, endpoints=endpoint_plans(spec))
     for pool in spec.gpu_pools:
         needed = result.gpus_per_class().get(pool.gpu, {"max": 0})["max"]
         if pool.max_gpus is not None and needed > pool.max_gpus:

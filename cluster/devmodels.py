@@ -24,7 +24,7 @@ from pathlib import Path
 #: Written into every generated model directory; regeneration is skipped when
 #: the marker matches, so `make serve` is fast after the first run.
 MARKER_FILE = "govllm-devmodel.json"
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 JAPANESE_CORPUS: tuple[str, ...] = (
     "本日の会議では、来年度の予算案について議論しました。",
@@ -43,15 +43,75 @@ JAPANESE_CORPUS: tuple[str, ...] = (
     "Please summarise the attached notice in three sentences.",
 )
 
-#: A minimal chat template in the common ChatML shape. Random weights never
-#: learn it, but vLLM applies it exactly as it would for a real model.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+#: Chat templates in the common ChatML shape that also render tools, the assistant's
+#: tool calls and tool results, in the format of the family's vLLM tool-call parser
+#: (hermes: Qwen 2.5's `<tool_call>` JSON; llama3_json: Llama 3.1's `<|python_tag|>`
+#: JSON with `parameters`). Random weights never learn them, but vLLM applies them
+#: exactly as it would for a real model, and tool_choice required/named is enforced by
+#: guided decoding whatever the weights.
+_TURNS = (
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'system' and loop.first and tools %}"
+    "{%- elif message['role'] == 'assistant' and message.get('tool_calls') %}"
+    "{{- '<|im_start|>assistant\n' + (message['content'] or '') }}"
+    "{%- for call in message['tool_calls'] %}{{- CALL_OPEN }}"
+    # arguments arrive as a JSON string (OpenAI shape) and are spliced in verbatim
+    "{{- '{\"name\": ' + (call['function']['name'] | tojson) + ', \"ARGS_KEY\": ' + "
+    "(call['function']['arguments'] if call['function']['arguments'] is string "
+    "else (call['function']['arguments'] | tojson)) + '}' }}{{- CALL_CLOSE }}{%- endfor %}"
+    "{{- '<|im_end|>\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{{- '<|im_start|>' + TOOL_ROLE + '\n' + RESULT_OPEN + message['content'] + RESULT_CLOSE + '<|im_end|>\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message['role'] + '\n' + (message['content'] or '') + '<|im_end|>\n' }}"
+    "{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
 )
+_TOOLS_PREAMBLE = (
+    "{%- if tools %}{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] + '\n\n' }}{%- endif %}"
+    "{{- INSTRUCTION }}{%- for tool in tools %}{{- '\n' + (tool | tojson) }}{%- endfor %}"
+    "{{- TOOLS_CLOSE + '<|im_end|>\n' }}{%- endif %}"
+)
+
+
+def _template(*, call_open: str, call_close: str, args_key: str, tool_role: str, result_open: str,
+              result_close: str, instruction: str, tools_close: str) -> str:
+    """The ChatML template with the markers of one tool-call format filled in."""
+    body = _TOOLS_PREAMBLE + _TURNS
+    for name, value in (("CALL_OPEN", call_open), ("CALL_CLOSE", call_close), ("TOOL_ROLE", tool_role),
+                        ("RESULT_OPEN", result_open), ("RESULT_CLOSE", result_close),
+                        ("INSTRUCTION", instruction), ("TOOLS_CLOSE", tools_close)):
+        body = body.replace(name, json.dumps(value, ensure_ascii=False))
+    return body.replace("ARGS_KEY", args_key)
+
+
+HERMES_TEMPLATE = _template(
+    call_open="<tool_call>\n", call_close="\n</tool_call>", args_key="arguments", tool_role="user",
+    result_open="<tool_response>\n", result_close="\n</tool_response>",
+    instruction="# Tools\n\nYou may call one or more functions. Function signatures within "
+    "<tools></tools>:\n<tools>",
+    tools_close="\n</tools>\n\nFor each call return <tool_call>\n{\"name\": <name>, \"arguments\": "
+    "<args-json-object>}\n</tool_call>",
+)
+LLAMA3_JSON_TEMPLATE = _template(
+    call_open="<|python_tag|>", call_close="", args_key="parameters", tool_role="ipython",
+    result_open="", result_close="",
+    instruction="Respond to a function call with JSON {\"name\": function name, \"parameters\": "
+    "dictionary of argument name and value}. Functions:",
+    tools_close="",
+)
+
+#: The tool-call parser each development family's template is written for, and the template.
+TOOL_FORMATS: dict[str, tuple[str, str]] = {
+    "llama": ("llama3_json", LLAMA3_JSON_TEMPLATE),
+    "qwen2": ("hermes", HERMES_TEMPLATE),
+    "cohere": ("hermes", HERMES_TEMPLATE),
+}
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>")
+#: Markers the parsers look up in the vocabulary (each must be one token); added after
+#: training as ordinary (non-special) tokens, so they survive detokenisation as in Qwen 2.5.
+TOOL_TOKENS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>",
+               "<|python_tag|>", "<think>", "</think>")
 
 
 @dataclass(frozen=True)
@@ -71,13 +131,15 @@ class DevModelShape:
     max_position_embeddings: int = 2048
     vocab_size: int = 512
     seed: int = 0
+    head: str = "lm"  # "lm": a causal LM (chat, or an embedder by pooling); "classify": a one-label
+    # sequence classifier, i.e. a cross-encoder reranker (Qwen3-Reranker-style)
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
 
 
-def _train_tokenizer(vocab_size: int, corpus: Iterable[str]):
+def _train_tokenizer(vocab_size: int, corpus: Iterable[str], chat_template: str = HERMES_TEMPLATE):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -99,7 +161,8 @@ def _train_tokenizer(vocab_size: int, corpus: Iterable[str]):
         unk_token=None,
         additional_special_tokens=["<|im_start|>", "<|im_end|>"],
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.add_tokens(list(TOOL_TOKENS))
+    fast.chat_template = chat_template
     return fast
 
 
@@ -168,11 +231,18 @@ _CONFIG_BUILDERS: dict[str, Callable] = {
     "cohere": _cohere_config,
 }
 FAMILIES: tuple[str, ...] = tuple(_CONFIG_BUILDERS)
+#: Families whose generated model can be a one-label classifier (a reranker, kind: rerank).
+RERANK_FAMILIES: tuple[str, ...] = ("llama", "qwen2")
 
 
-def _model_class(family: str):
+def _model_class(family: str, head: str = "lm"):
     import transformers
 
+    if head == "classify":
+        return {
+            "llama": transformers.LlamaForSequenceClassification,
+            "qwen2": transformers.Qwen2ForSequenceClassification,
+        }[family]
     return {
         "llama": transformers.LlamaForCausalLM,
         "qwen2": transformers.Qwen2ForCausalLM,
@@ -209,14 +279,18 @@ def generate(path: Path, shape: DevModelShape) -> Path:
             f"unknown development model family {shape.family!r}; "
             f"choose one of {', '.join(FAMILIES)}"
         )
+    if shape.head == "classify" and shape.family not in RERANK_FAMILIES:
+        raise ValueError(f"a development reranker must be one of {', '.join(RERANK_FAMILIES)}")
     path = Path(path)
     if is_current(path, shape):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tokenizer = _train_tokenizer(shape.vocab_size, JAPANESE_CORPUS)
+    tokenizer = _train_tokenizer(shape.vocab_size, JAPANESE_CORPUS, TOOL_FORMATS[shape.family][1])
     config = _CONFIG_BUILDERS[shape.family](shape, tokenizer)
+    if shape.head == "classify":
+        config.num_labels = 1  # one relevance score per (query, document) pair: vLLM's score/rerank
     torch.manual_seed(shape.seed)
-    model = _model_class(shape.family)(config).to(torch.float32)
+    model = _model_class(shape.family, shape.head)(config).to(torch.float32)
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}-") as tmp:
         staging = Path(tmp) / "model"
         model.save_pretrained(staging, safe_serialization=True)

@@ -44,6 +44,7 @@ from serving.config import DirectorySink, LocalKeyFile, ServingConfig
 POD_STATE_DIR = "/var/lib/govllm"
 MODELS_DIR = f"{POD_STATE_DIR}/models"
 AUDIT_SPOOL_DIR = f"{POD_STATE_DIR}/audit-spool"
+VENDOR_CA_DIR = "/etc/govllm/vendor-ca"  # the chart mounts vendorCA.existingConfigMap here
 SERVE_PORT = 8000
 STORE_URL_ENV = "GOVLLM_STORE_URL"
 RAY_VERSION = "2.60.0"
@@ -83,11 +84,31 @@ def _check_kubernetes_ready(spec: ClusterSpec) -> None:
     if spec.engine.device != "gpu":
         problems.append("engine.device: the chart runs GPU deployments; use engine.device gpu "
                         "(CPU specs run with `govllm serve`)")
-    for m in spec.models:
+    for m in spec.self_hosted():
         uri = m.source.uri
         if uri is None or not uri.startswith("s3://"):
             problems.append(f"models[{m.id}].source: a cluster stages weights from object storage; "
                             "set source.uri to s3://bucket/prefix (upload with `govllm weights push`)")
+    for m in spec.endpoints():
+        ep, where = m.source.endpoint, f"models[{m.id}].source.endpoint"
+        if ep.egress is None:
+            problems.append(f"{where}.egress: the release's NetworkPolicies allow egress only to "
+                            "declared addresses; give the vendor's cidrs (or namespace and "
+                            "pod_labels for an in-cluster engine)")
+        if ep.credential_env is not None and ep.secret is None:
+            problems.append(f"{where}.secret: name the existing Secret (and key) that holds "
+                            f"{ep.credential_env}; the chart never carries the key itself")
+        if ep.ca_bundle is not None and not ep.ca_bundle.startswith(VENDOR_CA_DIR + "/"):
+            problems.append(f"{where}.ca_bundle: on Kubernetes the chart mounts vendorCA.existingConfigMap "
+                            f"at {VENDOR_CA_DIR}; name a file there, e.g. {VENDOR_CA_DIR}/vendor-ca.pem")
+        other = next((o for o in spec.endpoints() if o.id != m.id and o.source.endpoint.credential_env
+                      == ep.credential_env and o.source.endpoint.secret != ep.secret), None)
+        if ep.credential_env is not None and other is not None:
+            problems.append(f"{where}.credential_env: {ep.credential_env} is also models[{other.id}]'s "
+                            "credential with another Secret; one variable holds one key: rename one")
+        if ep.credential_env in {STORE_URL_ENV, spec.router.data_plane_token_env, *ray_environment(spec)}:
+            problems.append(f"{where}.credential_env: {ep.credential_env} is already set by the chart "
+                            "to something else; choose another name")
     if spec.store.url is None:
         problems.append("store: the embedded Redis is for `govllm serve`; set store.url to the "
                         "cluster's Redis")
@@ -263,9 +284,34 @@ def helm_values(spec: ClusterSpec, spec_dir: Path, *, source: str) -> dict[str, 
             # The chart fills it from dataPlane.existingSecret on every Ray container: model
             # replicas refuse requests without it and only routers send it.
             "dataPlane": {"tokenEnv": spec.router.data_plane_token_env},
+            # Vendor endpoints: their credentials from existing Secrets on every Ray container
+            # (routers run on any), and the only addresses the egress policy lets them reach.
+            "vendors": [_vendor_values(m) for m in spec.endpoints()],
             "audit": _audit_summary(spec),
         },
     }
+
+
+def _vendor_values(model) -> dict[str, Any]:
+    ep = model.source.endpoint
+    peers: list[dict[str, Any]] = [{"ipBlock": {"cidr": c}} for c in ep.egress.cidrs]
+    if ep.egress.namespace is not None:
+        peer: dict[str, Any] = {"namespaceSelector": {
+            "matchLabels": {"kubernetes.io/metadata.name": ep.egress.namespace}}}
+        if ep.egress.pod_labels:
+            peer["podSelector"] = {"matchLabels": dict(ep.egress.pod_labels)}
+        peers.append(peer)
+    out: dict[str, Any] = {
+        "model": model.id,
+        "endpoint": ep.host,
+        "egress": {"to": peers, "ports": [{"port": ep.port, "protocol": "TCP"}]},
+    }
+    if ep.credential_env is not None:
+        out["credentialEnv"] = ep.credential_env
+        out["secret"] = {"name": ep.secret.name, "key": ep.secret.key}
+    if ep.ca_bundle is not None:
+        out["caBundle"] = ep.ca_bundle
+    return out
 
 
 def _audit_summary(spec: ClusterSpec) -> dict[str, Any]:

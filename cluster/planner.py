@@ -93,6 +93,10 @@ def _evaluate(req: SizingRequest, tp: int, pp: int, *, max_num_seqs: int) -> Siz
     typical = req.typical_sequence_tokens or req.max_model_len
     held = cap.tokens // typical if cap.max_concurrency >= 1 else 0
     target = autoscaling_target(min(held, seqs)) if held else 1
+    if req.pooling and held:
+        # a pooling request is one forward pass over its input and frees its KV blocks at once:
+        # what one step takes (max_num_batched_tokens of inputs) is what runs at a time
+        target = autoscaling_target(max(1, min(held, seqs, batched_tokens // typical)))
     worst = max(range(len(weights)), key=lambda i: weights[i].bytes_per_gpu)
     used = [w.bytes_per_gpu + overhead + cap.num_blocks * b
             for w, b in zip(weights, cache.bytes_per_block, strict=True)]
@@ -203,6 +207,10 @@ def _notes(plan: SizingPlan) -> list[str]:
     if req.gpu.reported_memory_kind == "estimate":
         notes.append(f"{req.gpu.id} total memory {req.gpu.reported_memory_gib} GiB is an estimate; "
                      "replace it with the total_gpu_memory vLLM logs on first start")
+    if req.pooling:
+        notes.append("pooling model (embedding/rerank): no decode, so no KV cache for long answers; "
+                     "the cache only holds the batch being embedded, concurrency is "
+                     "max_num_batched_tokens / input tokens, and the decode figures do not apply")
     if req.shape.sliding_window and "sliding" in req.shape.layer_pattern:
         notes.append("sliding-window layers hold at most window + in-flight tokens per request")
     return notes

@@ -26,6 +26,7 @@ from serving.config import (
     ServingConfig,
     StoreSettings,
 )
+from serving.model_kinds import ENGINE_KWARGS as KIND_ENGINE_KWARGS
 
 #: Engine defaults on the CPU build. float32 because bfloat16 kills the worker with SIGILL
 #: on these machines; eager mode because compiling graphs costs more than it saves here.
@@ -68,6 +69,9 @@ def llm_config(
         extra["placement_group_config"] = {"bundles": [{"CPU": spec.engine.cpus_per_replica}]}
     engine_kwargs.update(spec.engine.engine_kwargs)
     engine_kwargs.update(model.engine_kwargs)
+    engine_kwargs.update(model_feature_kwargs(model, spec_dir))
+    if model.structured_outputs is not None and not model.structured_outputs.structural_tag_tool_calls:
+        env_vars["VLLM_ENFORCE_STRICT_TOOL_CALLING"] = "0"
     engine_kwargs["max_model_len"] = model.max_model_len
     min_replicas, max_replicas = model.replicas.min, model.replicas.max
     target = model.replicas.target_ongoing_requests
@@ -102,6 +106,26 @@ def llm_config(
         },
         **extra,
     }
+
+
+def model_feature_kwargs(model: ModelSpec, spec_dir: Path) -> dict[str, Any]:
+    """vLLM arguments for the model's kind, parsers, chat template and guided-decoding defaults.
+
+    Each comes from its own spec field (never from engine_kwargs, which refuses these names),
+    so /v1/models reports exactly what the engine was started with.
+    """
+    out: dict[str, Any] = dict(KIND_ENGINE_KWARGS[model.kind])
+    if model.tool_call_parser:
+        out["enable_auto_tool_choice"] = True
+        out["tool_call_parser"] = model.tool_call_parser
+    if model.reasoning_parser:
+        out["reasoning_parser"] = model.reasoning_parser
+    if model.chat_template:
+        out["chat_template"] = str((spec_dir / model.chat_template).resolve())
+    if model.structured_outputs is not None:
+        out["structured_outputs_config"] = model.structured_outputs.model_dump(
+            exclude={"structural_tag_tool_calls"})
+    return out
 
 
 def _gpu_placement(gpus: int, pipeline_stages: int, cpus: float) -> dict[str, Any]:
@@ -144,8 +168,12 @@ def replica_capacity(spec: ClusterSpec, model: ModelSpec, model_plan: ModelPlan 
     """(requests one replica runs at once, requests queued per replica) for router admission.
 
     GPU replicas run the planner's max_num_seqs at once and the routers queue one more
-    batch of that size; CPU replicas take the spec's values as written.
+    batch of that size; CPU replicas take the spec's values as written. A vendor endpoint
+    is one "replica" whose capacity is the contract's concurrency (queued: as many again).
     """
+    if model.source.endpoint is not None:
+        concurrency = model.source.endpoint.limits.max_concurrency
+        return concurrency, concurrency
     if spec.engine.device == "gpu":
         planned = model_plan or plan_model(spec, model, spec_dir)
         seqs = planned.sizing.max_num_seqs
@@ -182,6 +210,11 @@ def serving_config(spec: ClusterSpec, *, plans: dict[str, ModelPlan] | None = No
                 max_confidentiality=m.max_confidentiality,
                 max_ongoing_per_replica=capacity[m.id][0],
                 max_queued_per_replica=capacity[m.id][1],
+                endpoint=m.source.endpoint,
+                price=m.price,
+                kind=m.kind,
+                tool_call_parser=m.tool_call_parser,
+                reasoning_parser=m.reasoning_parser,
                 pii=m.pii,
             )
             for m in spec.models
@@ -201,7 +234,7 @@ def app_args(spec: ClusterSpec, spec_dir: Path) -> dict[str, Any]:
     return {
         "serving": serving_config(spec, plans=plans, spec_dir=spec_dir).model_dump(mode="json"),
         "llm_configs": [
-            llm_config(spec, m, spec_dir, model_plan=plans.get(m.id)) for m in spec.models
+            llm_config(spec, m, spec_dir, model_plan=plans.get(m.id)) for m in spec.self_hosted()
         ],
     }
 

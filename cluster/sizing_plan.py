@@ -37,6 +37,7 @@ class SizingRequest:
     mean_context_tokens: int | None = None  # mean context while decoding (prompt + half the answer)
     overhead_bytes: int | None = None  # measured non-KV overhead per GPU (replaces the estimate)
     measured_decode_tokens_per_s: float | None = None
+    pooling: bool = False  # an embedding or rerank model: inputs only, nothing generated
 
     @property
     def node_gpus(self) -> int:

@@ -14,7 +14,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.devmodels import FAMILIES as DEV_MODEL_FAMILIES
+from cluster.devmodels import RERANK_FAMILIES as DEV_RERANK_FAMILIES
+from cluster.devmodels import TOOL_FORMATS as DEV_TOOL_FORMATS
 from cluster.sizing_spec import PLANNED_ENGINE_KWARGS, GpuPool, LoadSpec, ModelSizing
+from cluster.vllm_features import (
+    REASONING_PARSERS,
+    STRUCTURED_OUTPUT_BACKENDS,
+    TOOL_CALL_PARSERS,
+    check_name,
+)
 from serving.config import (
     MODEL_ID_PATTERN,
     DirectorySink,
@@ -26,10 +34,19 @@ from serving.config import (
     S3Sink,
     TenantSettings,
 )
+from serving.model_kinds import ModelKind
+from serving.vendor.config import Price, VendorEndpoint
 
 #: Engine arguments govllm sets itself from dedicated spec fields; accepting them in
 #: `engine_kwargs` too would create a second source of truth.
 RESERVED_ENGINE_KWARGS: dict[str, str] = {
+    "runner": "models[].kind",
+    "convert": "models[].kind",
+    "tool_call_parser": "models[].tool_call_parser",
+    "enable_auto_tool_choice": "models[].tool_call_parser",
+    "reasoning_parser": "models[].reasoning_parser",
+    "chat_template": "models[].chat_template",
+    "structured_outputs_config": "models[].structured_outputs",
     "model": "models[].source",
     "served_model_name": "models[].id",
     "max_model_len": "models[].max_model_len",
@@ -63,18 +80,26 @@ class DevModelSource(_Strict):
 
 
 class ModelSource(_Strict):
-    """Where the weights come from; exactly one field is set."""
+    """Where the model comes from; exactly one field is set.
+
+    `dev_model`, `path` and `uri` are weights that govllm serves itself (a Ray Serve LLM
+    deployment); `endpoint` is a model served by someone else behind the same front door
+    (serving/vendor/, docs/vendors.md).
+    """
 
     dev_model: DevModelSource | None = None
     path: str | None = Field(default=None, description="Local directory (relative to the spec file).")
     uri: str | None = Field(default=None, description="Object-store URI such as s3://bucket/prefix.")
+    endpoint: VendorEndpoint | None = Field(
+        default=None, description="A vendor-hosted OpenAI-compatible endpoint (no GPUs of ours)."
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ModelSource:
-        given = [k for k in ("dev_model", "path", "uri") if getattr(self, k) is not None]
+        given = [k for k in ("dev_model", "path", "uri", "endpoint") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
-                "set exactly one of source.dev_model, source.path, source.uri "
+                "set exactly one of source.dev_model, source.path, source.uri, source.endpoint "
                 f"(got {given or 'none'})"
             )
         return self
@@ -108,6 +133,43 @@ class ReplicaBounds(_Strict):
         return self
 
 
+class StructuredOutputsSpec(_Strict):
+    """Per-model defaults of vLLM's guided decoding (StructuredOutputsConfig).
+
+    A weak model under a JSON schema may emit whitespace, which every JSON grammar allows
+    between tokens, until max_tokens; `disable_any_whitespace` makes the grammar accept
+    compact JSON only, so the answer must end.
+    """
+
+    backend: str = Field(default="auto", description=f"One of: {', '.join(STRUCTURED_OUTPUT_BACKENDS)}.")
+    disable_any_whitespace: bool = Field(
+        default=False, description="Compact JSON only (xgrammar and guidance backends).")
+    disable_additional_properties: bool = Field(
+        default=False, description="Objects without additionalProperties allow none (guidance).")
+    structural_tag_tool_calls: bool = Field(
+        default=True,
+        description="vLLM's VLLM_ENFORCE_STRICT_TOOL_CALLING. True (vLLM's default): parsers with a "
+        "structural tag (llama3_json, hermes, ...) constrain tool_choice required/named calls in the "
+        "model's own format, but leave arguments free unless the function says `strict: true`, and "
+        "do not limit whitespace. False: such calls are a JSON array under the JSON-schema grammar, "
+        "which pins every argument to its schema and honours the two settings above.",
+    )
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        return check_name(value, STRUCTURED_OUTPUT_BACKENDS, "structured_outputs.backend")
+
+    @model_validator(mode="after")
+    def _backend_supports(self) -> StructuredOutputsSpec:
+        # vLLM's own rules (StructuredOutputsConfig), checked here so `govllm validate` says so
+        if self.disable_any_whitespace and self.backend not in ("xgrammar", "guidance"):
+            raise ValueError("structured_outputs.disable_any_whitespace needs backend xgrammar or guidance")
+        if self.disable_additional_properties and self.backend != "guidance":
+            raise ValueError("structured_outputs.disable_additional_properties needs backend guidance")
+        return self
+
+
 class ModelSpec(_Strict):
     id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send as `model`.")
     source: ModelSource
@@ -134,6 +196,31 @@ class ModelSpec(_Strict):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra vLLM engine arguments for this model."
     )
+    price: Price | None = Field(
+        default=None, description="Yen per million input/output tokens, for cost in usage reports."
+    )
+    kind: ModelKind = Field(
+        default="chat",
+        description="chat (generate runner), embedding (pooling runner, embed: /v1/embeddings, and "
+        "/v1/score and /v1/rerank by cosine similarity) or rerank (pooling runner, a cross-encoder "
+        "with one label: /v1/score and /v1/rerank). The router refuses other operations.",
+    )
+    tool_call_parser: str | None = Field(
+        default=None, description="vLLM tool-call parser (enables tool_choice auto); see the "
+        "catalog's tool_call_parser for each family. Required and named tool_choice work without one.",
+    )
+    reasoning_parser: str | None = Field(
+        default=None, description="vLLM reasoning parser: the answer's reasoning goes to "
+        "`reasoning`, apart from `content`.",
+    )
+    chat_template: str | None = Field(
+        default=None, description="A Jinja chat template file (relative to the spec file) replacing "
+        "the tokenizer's, e.g. one that renders tools.",
+    )
+    structured_outputs: StructuredOutputsSpec | None = Field(
+        default=None, description="Engine defaults for guided decoding (response_format, tool_choice "
+        "required/named).",
+    )
 
     @field_validator("engine_kwargs")
     @classmethod
@@ -141,10 +228,56 @@ class ModelSpec(_Strict):
         _reject_reserved(value)
         return value
 
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_tool_parser(cls, value: str | None) -> str | None:
+        return check_name(value, TOOL_CALL_PARSERS, "tool_call_parser")
+
+    @field_validator("reasoning_parser")
+    @classmethod
+    def _known_reasoning_parser(cls, value: str | None) -> str | None:
+        return check_name(value, REASONING_PARSERS, "reasoning_parser")
+
+    @model_validator(mode="after")
+    def _generation_only(self) -> ModelSpec:
+        if self.kind != "chat":
+            chat_only = [k for k in ("tool_call_parser", "reasoning_parser", "chat_template",
+                                     "structured_outputs") if getattr(self, k) is not None]
+            if chat_only:
+                raise ValueError(f"models[{self.id}]: {', '.join(chat_only)} apply to chat models; "
+                                 f"this model's kind is {self.kind}")
+            if self.is_endpoint:
+                raise ValueError(f"models[{self.id}]: a source.endpoint model must be kind chat "
+                                 "(vendor embedding and rerank endpoints are not supported yet)")
+            dev = self.source.dev_model
+            if self.kind == "rerank" and dev is not None and dev.family not in DEV_RERANK_FAMILIES:
+                raise ValueError(f"models[{self.id}]: a development reranker's family must be one of "
+                                 f"{', '.join(DEV_RERANK_FAMILIES)}")
+        return self
+
+    @property
+    def is_endpoint(self) -> bool:
+        return self.source.endpoint is not None
+
+    @model_validator(mode="after")
+    def _endpoint_is_not_an_engine(self) -> ModelSpec:
+        if self.is_endpoint:
+            engine_only = [k for k in ("replicas", "sizing", "engine_kwargs") if k in self.model_fields_set]
+            if engine_only:
+                raise ValueError(
+                    f"models[{self.id}]: {', '.join(engine_only)} apply to self-hosted engines; a "
+                    "source.endpoint model takes its capacity from source.endpoint.limits"
+                )
+        return self
+
     @model_validator(mode="after")
     def _family_default(self) -> ModelSpec:
         if self.family is None and self.source.dev_model is not None:
             self.family = self.source.dev_model.family
+        if (self.kind == "chat" and self.source.dev_model is not None
+                and "tool_call_parser" not in self.model_fields_set):
+            # the generated chat template is written for this parser (cluster/devmodels.py)
+            self.tool_call_parser = DEV_TOOL_FORMATS[self.source.dev_model.family][0]
         return self
 
 
@@ -269,7 +402,7 @@ class ClusterSpec(_Strict):
     @model_validator(mode="after")
     def _planning_inputs(self) -> ClusterSpec:
         if self.engine.device == "cpu":
-            planned = [f"models[{m.id}].sizing" for m in self.models if m.sizing is not None]
+            planned = [f"models[{m.id}].sizing" for m in self.self_hosted() if m.sizing is not None]
             planned += [k for k in ("load", "gpu_pools") if getattr(self, k)]
             if planned:
                 raise ValueError(f"{', '.join(planned)}: sizing applies to engine.device gpu only")
@@ -283,7 +416,7 @@ class ClusterSpec(_Strict):
         shares = [m.sizing.traffic_share for m in self.models if m.sizing and m.sizing.traffic_share]
         if sum(shares) > 1 + 1e-9:
             raise ValueError(f"models[].sizing.traffic_share add up to {sum(shares):g} (> 1)")
-        for model in self.models:
+        for model in self.self_hosted():
             where = f"models[{model.id}]"
             if model.sizing is None:
                 raise ValueError(f"{where}.sizing is required for engine.device gpu")
@@ -325,6 +458,14 @@ class ClusterSpec(_Strict):
         if self.auth.enabled and not self.tenants:
             raise ValueError("auth.enabled needs at least one entry in tenants")
         return self
+
+    def self_hosted(self) -> list[ModelSpec]:
+        """The models govllm runs itself (Ray Serve LLM deployments), in spec order."""
+        return [m for m in self.models if not m.is_endpoint]
+
+    def endpoints(self) -> list[ModelSpec]:
+        """The vendor-hosted models (source.endpoint), in spec order."""
+        return [m for m in self.models if m.is_endpoint]
 
     def all_aliases(self) -> dict[str, list[str]]:
         """Top-level alias groups plus each model's own aliases (which must not clash)."""

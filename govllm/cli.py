@@ -229,6 +229,12 @@ def status(
         typer.echo(f"  {model_id}: {len(eps)} replica(s)")
         for ep in eps:
             typer.echo(f"    {ep['url']}  ongoing={ep['ongoing']}")
+    for model_id, vendor in report.get("vendor_endpoints", {}).items():
+        if not isinstance(vendor, dict):
+            continue
+        why = f" ({vendor['reason']})" if vendor.get("reason") else ""
+        typer.echo(f"  {model_id}: vendor endpoint {vendor['endpoint']} ({vendor['provider']}): "
+                   f"circuit {vendor['state']}{why}")
 
 
 def _register_tenancy_commands() -> None:

@@ -41,7 +41,8 @@ def prepare_models(spec: ClusterSpec) -> None:
         if src is None:
             continue
         shape = devmodels.DevModelShape(
-            family=src.family, seed=src.seed, max_position_embeddings=src.max_position_embeddings
+            family=src.family, seed=src.seed, max_position_embeddings=src.max_position_embeddings,
+            head="classify" if model.kind == "rerank" else "lm",
         )
         path = dev_model_dir(spec, model)
         if devmodels.is_current(path, shape):

@@ -34,5 +34,24 @@ def collect(spec: ClusterSpec) -> dict:
         "api_url": run["api_url"],
         "status": getattr(app_status.status, "value", str(app_status.status)) if app_status else "NOT_RUNNING",
         "endpoints": endpoints,
+        "vendor_endpoints": _vendor_endpoints(run["api_url"]),
         "metrics_urls": run.get("metrics_urls", []),
     }
+
+
+def _vendor_endpoints(api_url: str) -> dict:
+    """Vendor endpoints and their circuit state, as a router replica sees them (/readyz)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(api_url + "/readyz", timeout=10) as resp:
+            body = resp.read()
+    except urllib.error.HTTPError as exc:  # 503 while not ready still carries the report
+        body = exc.read()
+    except OSError as exc:
+        return {"error": f"router unreachable ({type(exc).__name__})"}
+    try:
+        return json.loads(body).get("vendor_endpoints") or {}
+    except (ValueError, AttributeError):
+        return {}

@@ -135,18 +135,25 @@ def usage_command(
         typer.echo(f"--month must be YYYY-MM, got {month!r}", err=True)
         raise typer.Exit(1) from None
     client, keys = _store(cluster_spec)
-    data = usage(client, keys, tenant, month)
+    prices = {m.id: m.price for m in cluster_spec.models if m.price is not None}
+    data = usage(client, keys, tenant, month, prices)
     if report:
         declared = {t.id: t for t in cluster_spec.tenants}.get(tenant)
         data = periodic_report(data, declared)
         _emit(data, as_json, [f"{k}: {v}" for k, v in data.items()])
         return
-    lines = [f"tenant {tenant}, {month}: {data['requests']} requests, {data['total_tokens']} tokens"]
+    lines = [f"tenant {tenant}, {month}: {data['requests']} requests, {data['total_tokens']} tokens, "
+             f"cost {_yen(data['cost_yen'])}"]
     lines += [f"  {m:<24} requests {v['requests']:>7}  in {v['prompt_tokens']:>10}  out {v['completion_tokens']:>10}"
+              f"  {_yen(v.get('cost_yen'))}"
               for m, v in data["models"].items()]
     for level, v in data["confidentiality"].items():
         lines.append(f"  confidentiality {level}: {v.get('requests', 0)} requests, {v.get('tokens', 0)} tokens")
     _emit(data, as_json, lines)
+
+
+def _yen(value: float | None) -> str:
+    return "no price declared" if value is None else f"¥{value:,.2f}"
 
 
 def _range(start: str | None, end: str | None) -> tuple[datetime, datetime]:

@@ -493,6 +493,7 @@ class LLMUser(FastHttpUser):
                 resp.failure(f"HTTP {resp.status_code}: {resp.text[:200]}")
                 raise RuntimeError(f"cannot list models at {self.host}: HTTP {resp.status_code}")
             cards = resp.json().get("data") or []
+        cards = [c for c in cards if c.get("kind", "chat") == "chat"]  # the scenarios chat
         models = {c["id"]: c for c in cards}
         aliases: dict[str, list[str]] = {}
         for c in cards:

@@ -43,7 +43,7 @@ def build_app(args: dict[str, Any]) -> Application:
     config = ServingConfig.model_validate(args["serving"])
     llm_configs = [LLMConfig.model_validate(c) for c in args["llm_configs"]]
     served = {c.model_id for c in llm_configs}
-    routed = {m.id for m in config.models}
+    routed = {m.id for m in config.models if m.endpoint is None}  # vendor models have no deployment
     if served != routed:
         raise ValueError(
             f"router models {sorted(routed)} and LLM configs {sorted(served)} must match"

@@ -12,7 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serving.model_kinds import OPERATION_PATHS, ModelKind, serves
 from serving.pii.settings import PIIPolicy
+from serving.vendor.config import Price, VendorEndpoint
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -53,6 +55,44 @@ class ModelRoute(_Strict):
         default=None, description="Personal-information policy this model adds (stricter only; "
         "docs/pii.md).",
     )
+    endpoint: VendorEndpoint | None = Field(
+        default=None,
+        description="Set for a vendor-hosted model: the router sends its requests there "
+        "(serving/vendor/) instead of to a Ray Serve LLM deployment.",
+    )
+    price: Price | None = Field(default=None, description="Yen per million tokens, for cost reports.")
+    kind: ModelKind = Field(
+        default="chat", description="chat, embedding or rerank: which API operations the model "
+        "serves (serving/model_kinds.py); others are refused before dispatch.",
+    )
+    tool_call_parser: str | None = Field(
+        default=None, description="vLLM tool-call parser of the engine (tool_choice auto); "
+        "reported in /v1/models.",
+    )
+    reasoning_parser: str | None = Field(
+        default=None, description="vLLM reasoning parser of the engine; reported in /v1/models.",
+    )
+
+    @property
+    def operations(self) -> tuple[str, ...]:
+        """The API operations this model serves, in a stable order."""
+        return tuple(op for op in OPERATION_PATHS if serves(self.kind, op))
+
+    @property
+    def capabilities(self) -> list[str]:
+        """What /v1/models lists: the operations plus the engine features clients ask about."""
+        out = list(self.operations)
+        if self.kind == "chat":
+            out += ["structured_outputs", "tool_choice_required"]
+            if self.tool_call_parser:
+                out.append("tools")
+            if self.reasoning_parser:
+                out.append("reasoning")
+        return out
+
+    @property
+    def source(self) -> str:
+        return "endpoint" if self.endpoint is not None else "self-hosted"
 
 
 #: Environment variable holding the data-plane credential on every Ray node: model replicas

@@ -45,12 +45,13 @@ from ray.serve.llm.deployment import LLMServer
 
 from serving.autoscaling import ONGOING_METRIC
 from serving.logs import attach_to_serve_logs
+from serving.model_kinds import OPERATION_PATHS
 from serving.registry import HEARTBEAT_S
 
 logger = logging.getLogger("govllm.llm_server")
 
 #: Requests that occupy the engine; health and metrics probes do not count as load.
-_GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
+_GENERATION_PATHS = frozenset(OPERATION_PATHS.values())
 #: Probes that reveal nothing and change nothing: answered without the credential.
 _OPEN_PATHS = frozenset({"/health", "/metrics"})
 _DENIED = json.dumps({"error": {

@@ -35,6 +35,17 @@ class RouterMetrics:
                 "govllm_audit_pending_records",
                 description="Audit records spooled locally and not yet in the object store.",
             )
+            self._tokens = metrics.Counter(
+                "govllm_tokens_total",
+                description="Tokens billed, per tenant, model and kind (prompt, completion).",
+                tag_keys=("tenant", "model", "kind"),
+            )
+            self._cost = metrics.Counter(
+                "govllm_cost_yen_total",
+                description="Cost in yen from the model's declared price, per tenant and model "
+                "(per month: the increase over the month).",
+                tag_keys=("tenant", "model"),
+            )
             self._audit_upload_failures = metrics.Counter(
                 "govllm_audit_upload_failures_total", description="Failed audit batch uploads."
             )
@@ -65,6 +76,20 @@ class RouterMetrics:
     def feedback(self, model: str, rating: int) -> None:
         if self.enabled:
             self._feedback.inc(tags={"model": model, "rating": "up" if rating > 0 else "down"})
+
+    async def billed(self, ctx) -> None:
+        """Finisher: tokens and cost of a request that a model answered (labels: declared ids only)."""
+        if not self.enabled or ctx.model is None or ctx.tenant is None or not ctx.usage:
+            return
+        prompt = int(ctx.usage.get("prompt_tokens") or 0)
+        completion = int(ctx.usage.get("completion_tokens") or 0)
+        tags = {"tenant": ctx.tenant.id, "model": ctx.model.id}
+        if prompt:
+            self._tokens.inc(prompt, tags={**tags, "kind": "prompt"})
+        if completion:
+            self._tokens.inc(completion, tags={**tags, "kind": "completion"})
+        if ctx.model.price is not None and (prompt or completion):
+            self._cost.inc(ctx.model.price.cost_yen(prompt, completion), tags=tags)
 
     def audit_pending(self, count: int) -> None:
         if self.enabled:

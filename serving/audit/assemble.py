@@ -93,8 +93,54 @@ def _events(raw: bytes) -> list[bytes]:
     return sse_events(raw)  # serving/sse.py: the one SSE parser
 
 
+def _responses_stream(raw: bytes) -> tuple[list[dict], list[dict]]:
+    """A Responses API stream: the terminal event's output items, else the deltas so far."""
+    text: list[str] = []
+    errors: list[dict] = []
+    for data in _events(raw):
+        try:
+            event = json.loads(data)
+        except (ValueError, RecursionError):
+            errors.append({"message": None, "type": "unparsed_event", "code": None, "param": None,
+                           "raw": data.decode("utf-8", "backslashreplace")})
+            continue
+        if not isinstance(event, dict):
+            continue
+        kind = event.get("type")
+        if kind in ("response.completed", "response.incomplete", "response.failed"):
+            response = event.get("response") or {}
+            return list(response.get("output") or []), errors
+        if "error" in event or kind == "error":
+            errors.append(_error_of(event) if "error" in event else
+                          {k: event.get(k) for k in _ERROR_FIELDS})
+        elif isinstance(kind, str) and kind.endswith(".delta") and isinstance(event.get("delta"), str):
+            text.append(event["delta"])
+    return [{"type": "partial", "text": "".join(text)}] if text else [], errors
+
+
+def _pooling_body(answer: dict, operation: str) -> list[dict]:
+    """Embeddings, rerank and score answers without the vectors (the input is in the prompt)."""
+    if operation == "embeddings":
+        out = []
+        for item in answer.get("data") or ():
+            if not isinstance(item, dict):
+                continue
+            vector = item.get("embedding")
+            size = len(vector) if isinstance(vector, list) else (
+                len(vector) * 3 // 4 // 4 if isinstance(vector, str) else None)  # base64 float32
+            out.append({"index": item.get("index"), "dimensions": size})
+        return out
+    if operation == "rerank":
+        return [{"index": r.get("index"), "relevance_score": r.get("relevance_score")}
+                for r in answer.get("results") or () if isinstance(r, dict)]
+    return [{"index": r.get("index"), "score": r.get("score")}
+            for r in answer.get("data") or () if isinstance(r, dict)]
+
+
 def assemble_stream(raw: bytes, operation: str | None) -> tuple[list[dict], list[dict]]:
     """(choices, errors) of an SSE stream: every choice's deltas concatenated, in index order."""
+    if operation == "responses":
+        return _responses_stream(raw)
     choices: dict[int, _Choice] = {}
     errors: list[dict] = []
     chat = operation == "chat"
@@ -144,6 +190,10 @@ def assemble_body(body: bytes, operation: str | None) -> tuple[list[dict], list[
     if not isinstance(answer, dict):
         return [{"index": 0, "text": body.decode("utf-8", "backslashreplace"), "finish_reason": None}], []
     errors = [_error_of(answer)] if "error" in answer else []
+    if operation in ("embeddings", "rerank", "score"):
+        return _pooling_body(answer, operation), errors
+    if operation == "responses":
+        return list(answer.get("output") or []), errors
     out = []
     for c in answer.get("choices") or []:
         if not isinstance(c, dict):

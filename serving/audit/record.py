@@ -21,6 +21,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from serving.audit.assemble import assemble_body, assemble_stream
+from serving.router.texts import INPUT_FIELDS, recorded_input
+from serving.vendor.config import safe_url
 
 if TYPE_CHECKING:
     from serving.router.pipeline import RequestContext
@@ -54,6 +56,20 @@ def _who_and_what(ctx: RequestContext) -> dict[str, Any]:
     }
 
 
+def _vendor_terms(model) -> dict[str, Any] | None:
+    """The contract's data-use terms, on every record of a vendor-hosted model."""
+    if model is None or model.endpoint is None:
+        return None
+    return {"endpoint": safe_url(model.endpoint.base_url), **model.endpoint.terms.model_dump(mode="json")}
+
+
+def _cost(model, usage: dict | None) -> float | None:
+    if model is None or model.price is None or not usage:
+        return None
+    return round(model.price.cost_yen(int(usage.get("prompt_tokens") or 0),
+                                      int(usage.get("completion_tokens") or 0)), 6)
+
+
 def _outcome(ctx: RequestContext) -> dict[str, Any]:
     now = time.perf_counter()
     model = ctx.model
@@ -63,9 +79,12 @@ def _outcome(ctx: RequestContext) -> dict[str, Any]:
         "model_id": model.id if model else None,
         "model_revision": model.revision if model else None,
         "upstream": ctx.upstream,
+        "vendor": _vendor_terms(model),
         "attempts": list(ctx.attempts),
         "pii_output": dict(ctx.output_filter.counts) if ctx.output_filter is not None else None,
         "usage": dict(ctx.usage) if ctx.usage else ctx.usage,
+        "usage_estimated": ctx.usage_estimated,
+        "cost_yen": _cost(model, ctx.usage),
         "timings_ms": {
             "first_byte": round(1000 * (ctx.first_byte_at - ctx.started_at), 3) if ctx.first_byte_at else None,
             "total": round(1000 * (now - ctx.started_at), 3),
@@ -115,9 +134,10 @@ def finish(record: dict[str, Any]) -> dict[str, Any]:
     payload = record.pop("_payload", _MISSING)
     if payload is not _MISSING:
         payload = payload if isinstance(payload, dict) else {}
-        key = "messages" if record.get("operation") == "chat" else "prompt"
-        record["prompt"] = payload.get(key)
-        record["parameters"] = {k: v for k, v in payload.items() if k not in ("messages", "prompt")}
+        operation = record.get("operation") or "completions"
+        record["prompt"] = recorded_input(operation, payload)
+        inputs = INPUT_FIELDS.get(operation, ("prompt",))
+        record["parameters"] = {k: v for k, v in payload.items() if k not in ("messages", "prompt", *inputs)}
     response = record.pop("_response", _MISSING)
     if response is not _MISSING and "output" not in record:
         chunks, body = response
@@ -142,6 +162,8 @@ def raw_material(record: dict[str, Any]) -> dict[str, str]:
         data = b"".join(chunks) if chunks else bytes(answer or b"")
     except (TypeError, ValueError):
         data = b""
+    if record.get("operation") == "embeddings":
+        data = b""  # the trail keeps the input and the model, never the vectors
     if data:
         out["response_b64"] = base64.b64encode(data).decode()
     return out

@@ -19,6 +19,7 @@ from serving.pii.settings import PIIPolicy
 from serving.pii.stream import OutputFilter
 from serving.router.errors import APIError
 from serving.router.pipeline import RequestContext
+from serving.router.texts import text_slots
 
 
 def _texts(ctx: RequestContext) -> list[tuple[Any, Any]]:
@@ -35,12 +36,14 @@ def _texts(ctx: RequestContext) -> list[tuple[Any, Any]]:
             elif isinstance(content, list):
                 slots += [(part, "text") for part in content
                           if isinstance(part, dict) and isinstance(part.get("text"), str)]
-    else:
+    elif ctx.operation == "completions":
         prompt = payload.get("prompt")
         if isinstance(prompt, str):
             slots.append((payload, "prompt"))
         elif isinstance(prompt, list):
             slots += [(prompt, i) for i, p in enumerate(prompt) if isinstance(p, str)]
+    else:  # embeddings, score, rerank, responses (serving/router/texts.py)
+        slots += text_slots(ctx.operation, payload)
     return slots
 
 

@@ -194,9 +194,13 @@ class Admission:
     def _unavailable(self, candidates: Sequence[ModelRoute], exclude: set[str]) -> APIError:
         names = ", ".join(m.id for m in candidates)
         retry = min(self._table.retry_after_s(m.id) for m in candidates)
+        why = [f"the vendor endpoint of {m.id} is out of rotation ({eps[0].reason})"
+               for m in candidates if (eps := self._table.static.get(m.id)) and eps[0].ejected]
+        detail = f" ({'; '.join(why)})" if why else ""
         return APIError(
             503,
-            f"No replica of model {names} is ready to take requests right now; retry after {retry} s.",
+            f"No replica of model {names} is ready to take requests right now{detail}; "
+            f"retry after {retry} s.",
             code="model_unavailable",
             headers={"Retry-After": str(retry)},
         )

@@ -4,10 +4,16 @@ Routes:
   GET  /v1/models, /v1/models/{id}   models and their aliases (authenticated)
   POST /v1/chat/completions          chat, streaming or not (authenticated)
   POST /v1/completions               text completion (authenticated)
+  POST /v1/responses                 the Responses API, streaming or not; nothing stored (authenticated)
+  POST /v1/embeddings                embeddings of an embedding model (authenticated)
+  POST /v1/rerank, /v1/score         relevance of documents to a query (embedding or rerank model)
   POST /v1/feedback                  rate an answer of your tenant (authenticated)
   GET  /healthz                      the router process answers
   GET  /openapi.yaml, /openapi.json   the OpenAPI document of govllm's additions (no auth)
-  GET  /readyz                       every configured model has a ready replica
+  GET  /readyz                       every self-hosted model has a ready replica (vendor
+                                     endpoints are listed with their circuit state but do not
+                                     gate readiness: a vendor outage must not take the router
+                                     out of its Service)
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import uuid
 from typing import Any
 
 from serving.config import ServingConfig
+from serving.model_kinds import OPERATION_PATHS
 from serving.router.admission import Admission
 from serving.router.asgi import (
     ClientDisconnected,
@@ -46,11 +53,14 @@ from serving.router.pipeline import (
     ResolveModel,
     Step,
 )
+from serving.vendor.link import VendorLink
 
 logger = logging.getLogger("govllm.router")
 
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_GENERATION = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+#: Every model operation takes the same steps (auth, policy, quota, audit); which kind of
+#: model serves which is checked when the model is resolved (serving/model_kinds.py).
+_GENERATION = {path: operation for operation, path in OPERATION_PATHS.items()}
 #: Headers whose meaning would be ambiguous if sent twice (which copy wins differs between hops).
 _SINGLE_HEADERS = frozenset({b"authorization", b"content-type", b"content-length", b"x-confidentiality",
                              b"x-govllm-usage-type", b"x-request-id", b"transfer-encoding"})
@@ -84,9 +94,13 @@ class RouterApp:
         feedback=None,
         quota=None,
         data_plane_token: str | None = None,
+        contracts: dict | None = None,
     ):
         self.config = config
         self.table = table
+        for model in config.models:
+            if model.endpoint is not None:
+                table.add_vendor(VendorLink(model.id, model.endpoint))
         self._audit = audit
         table.eject_s = config.router.replica_eject_s
         self.admission = Admission(config.models, config.router, table)
@@ -94,7 +108,7 @@ class RouterApp:
         self.dispatcher = Dispatcher(
             table, config.router, self.admission, data_plane_token=token,
             before_dispatch=audit.begin if audit else _nothing,
-            before_end=audit.end if audit else _nothing,
+            before_end=audit.end if audit else _nothing, contracts=contracts,
         )
         self._authenticate = authenticate
         self._feedback = feedback
@@ -257,13 +271,47 @@ class RouterApp:
             "aliases": aliases,
             "max_confidentiality": model.max_confidentiality,
             "ready_replicas": self.table.replica_count(model.id),
+            "source": model.source,
+            "kind": model.kind,
+            "capabilities": model.capabilities,
+            "tool_call_parser": model.tool_call_parser,
+            "reasoning_parser": model.reasoning_parser,
+            **self._vendor_card(model),
         }
+
+    def _vendor_card(self, model) -> dict:
+        out: dict[str, Any] = {}
+        if model.price is not None:
+            out["price_yen_per_million"] = {"input": model.price.input_yen_per_million,
+                                            "output": model.price.output_yen_per_million}
+        if model.endpoint is not None:
+            ep = self.table.static[model.id][0]
+            out["provider"] = model.endpoint.terms.provider
+            out["data_location"] = model.endpoint.terms.data_location
+            out["endpoint_state"] = self.table.state(ep)
+        return out
+
+    def _vendor_status(self) -> dict:
+        """Each vendor endpoint's circuit: state, why it opened, the contract's limits."""
+        out = {}
+        for model_id, eps in self.table.static.items():
+            ep = eps[0]
+            settings = ep.vendor.settings
+            out[model_id] = {
+                "endpoint": ep.url,
+                "provider": settings.terms.provider,
+                "state": self.table.state(ep),
+                "reason": ep.reason or None,
+                "in_flight": ep.inflight,
+                "limits": settings.limits.model_dump(mode="json"),
+            }
+        return out
 
     async def _readyz(self, send: Send) -> None:
         replicas = {m.id: self.table.replica_count(m.id) for m in self.config.models}
         stale_s = time.monotonic() - self.table.refreshed_at
         fresh = stale_s < max(10.0, 5 * self.config.router.registry_refresh_s)
-        ready = fresh and all(n > 0 for n in replicas.values())
+        ready = fresh and all(n > 0 for m, n in replicas.items() if m not in self.table.static)
         quota = self.quota
         await send_json(
             send,
@@ -272,6 +320,7 @@ class RouterApp:
                 "status": "ready" if ready else "not_ready",
                 "models": {k: {"ready_replicas": v} for k, v in replicas.items()},
                 "registry_age_s": round(stale_s, 2),
+                "vendor_endpoints": self._vendor_status(),
                 # informational: budgeted tenants get 503 while the store is down, others are served
                 "quota_store": None if quota is None else ("up" if quota.store_up else "down"),
             },

@@ -34,6 +34,7 @@ from serving.tenancy.oidc import OIDCVerifier
 from serving.tenancy.policy import ConfidentialityPolicy
 from serving.tenancy.quota import QuotaLedger
 from serving.tenancy.store import StoreKeys, async_client, sync_client
+from serving.vendor.contract import ContractLimiter
 
 logger = logging.getLogger("govllm.router")
 
@@ -80,10 +81,13 @@ class Router:
             authenticate=Authenticate(cfg, keys=self._key_cache, oidc=oidc),
             extra_steps=[ConfidentialityPolicy(), *PIIGuard.for_config(cfg, metrics), quota],
             audit=self._audit,
-            finishers=[quota.settle, AccessLog()],
+            finishers=[quota.settle, metrics.billed, AccessLog()],
             feedback=FeedbackEndpoint(self._redis, keys, audit=self._audit, metrics=metrics),
             quota=quota,
             data_plane_token=token,
+            contracts={m.id: ContractLimiter(m.id, m.endpoint.limits, self._redis, keys,
+                                             timeout_s=cfg.store.timeout_s)
+                       for m in cfg.models if m.endpoint is not None and m.endpoint.limits},
         )
         await self._refresh_endpoints()
         loop = asyncio.get_running_loop()

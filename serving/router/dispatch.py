@@ -24,6 +24,16 @@ Order of events for one request:
 5. the audit end record is made durable (`before_end`) before the last bytes
    (the non-streamed body or the stream's `data: [DONE]`).
 
+Vendor endpoints (serving/vendor/) take the same path with their own URL,
+credential, TLS trust and timeouts; before the first attempt the contract's
+per-minute counters are taken in the shared store (a refusal moves on to the
+next model of the alias group, else 429 `vendor_rate_limited`), and the
+token window is corrected to the real usage when the request ends. A vendor
+that answers 5xx, refuses govllm's credential or times out opens its circuit
+(is ejected) and the request fails over; its 429 opens it for the vendor's
+Retry-After. When a vendor reports no usage, tokens are estimated
+(serving/vendor/link.py) and the audit record says so.
+
 Disconnects: when the client goes away, Ray Serve cancels this coroutine (or
 the next `send` fails); closing the upstream response then closes the
 connection to the replica, and vLLM aborts the generation.
@@ -33,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,14 +51,19 @@ from typing import Any
 import aiohttp
 
 from serving.config import ModelRoute, RouterSettings
+from serving.model_kinds import OPERATION_PATHS
 from serving.router.admission import Admission
 from serving.router.asgi import Send
 from serving.router.endpoints import Endpoint, EndpointTable
 from serving.router.errors import APIError
 from serving.router.metering import StreamMeter, upstream_stream_options
 from serving.router.pipeline import RequestContext
+from serving.router.responses_meter import ResponsesMeter, input_bytes
+from serving.tenancy.reservation import reservation_for
+from serving.vendor.contract import ContractLimiter, ContractRefused, Ticket
+from serving.vendor.link import VendorLink, estimate_usage, prompt_chars
 
-_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_PATHS = OPERATION_PATHS
 _EVENT_END = b"\n\n"
 _DONE = b"data: [DONE]\n\n"
 _MAX_ERROR_BODY = 64 * 1024
@@ -56,6 +72,7 @@ _BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.
            ConnectionError)
 _HEALTH_TIMEOUT_S = 2.0
 _ENGINE_RETRIES = 1
+_CONTRACT_CODES = frozenset({"vendor_rate_limited", "vendor_limits_unavailable"})
 
 Hook = Callable[[RequestContext], Awaitable[None]]
 
@@ -83,8 +100,10 @@ class Dispatcher:
     """
 
     def __init__(self, table: EndpointTable, settings: RouterSettings, admission: Admission, *,
-                 data_plane_token: str, before_dispatch: Hook = _nothing, before_end: Hook = _nothing):
+                 data_plane_token: str, before_dispatch: Hook = _nothing, before_end: Hook = _nothing,
+                 contracts: dict[str, ContractLimiter] | None = None):
         self._table = table
+        self._contracts = contracts or {}
         self._settings = settings
         self._admission = admission
         self._before_dispatch = before_dispatch
@@ -112,25 +131,44 @@ class Dispatcher:
 
     # -- health ---------------------------------------------------------------------------------
     async def healthy(self, ep: Endpoint) -> bool:
-        """Whether the replica's engine answers its health check (vLLM: 503 once the engine died)."""
+        """Whether the replica's engine answers its health check (vLLM: 503 once the engine died);
+        for a vendor, whether its health URL answers 200 to govllm's credential."""
+        link = ep.vendor
+        if link is not None and link.problem:
+            return False
+        url = link.health_url if link else ep.url + "/health"
+        headers = link.headers("probe") if link else {"Authorization": self._auth}
         try:
             async with self._client().get(
-                ep.url + "/health", headers={"Authorization": self._auth},
-                timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT_S),
+                url, headers=headers, timeout=aiohttp.ClientTimeout(total=_HEALTH_TIMEOUT_S),
+                **_tls(link),
             ) as resp:
+                ep.last_probe = "" if resp.status == 200 else (
+                    f"refused govllm's credential, HTTP {resp.status}" if resp.status in (401, 403)
+                    else f"HTTP {resp.status}")
                 return resp.status == 200
-        except (aiohttp.ClientError, OSError, TimeoutError):
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            ep.last_probe = type(exc).__name__
             return False
 
     async def probe_once(self) -> None:
         """Probe every known replica: eject the silent or dead, readmit the recovered."""
-        eps = self._table.endpoints()
+        now = time.monotonic()
+        eps = [ep for ep in self._table.endpoints() if self._table.due_for_probe(ep, now)]
         results = await asyncio.gather(*(self.healthy(ep) for ep in eps))
         for ep, ok in zip(eps, results, strict=True):
+            if ep.vendor is not None:
+                ep.next_probe_at = now + ep.vendor.settings.probe_interval_s
+                if ep.vendor.problem:
+                    continue
             if ok and self._table.may_readmit(ep):
                 self._table.readmit(ep)
             elif not ok and not ep.ejected:
-                self._table.eject(ep, "health probe failed")
+                self._table.eject(ep, f"health probe failed ({ep.last_probe})", failed=ep.vendor is not None)
+            elif not ok and ep.vendor is not None and self._table.may_readmit(ep):
+                # half-open probe failed: the circuit opens again, for twice as long
+                self._table.readmit(ep)
+                self._table.eject(ep, f"half-open probe failed ({ep.last_probe})", failed=True)
         self._admission.resize()
 
     # -- forwarding -----------------------------------------------------------------------------
@@ -142,16 +180,46 @@ class Dispatcher:
         re-serialising the whole (possibly large) body.
         """
         payload = ctx.payload or {}
-        if ctx.requested_model == model.id and not ctx.stream:
+        link = self.vendor_link(model.id)
+        if link is not None:
+            return link.body(payload, stream=ctx.stream)
+        chunk_usage = ctx.stream and ctx.operation != "responses"  # Responses streams end with usage
+        if ctx.requested_model == model.id and not chunk_usage:
             return ctx.raw_body
         if ctx.requested_model == model.id and "stream_options" not in payload:
             body = ctx.raw_body.rstrip()
             return body[:-1] + b',"stream_options":{"include_usage":true,"continuous_usage_stats":true}}'
         out = dict(payload)
         out["model"] = model.id
-        if ctx.stream:
+        if chunk_usage:
             out["stream_options"] = upstream_stream_options(payload.get("stream_options"))
         return json.dumps(out, ensure_ascii=False).encode()
+
+    def vendor_link(self, model_id: str) -> VendorLink | None:
+        eps = self._table.static.get(model_id)
+        return eps[0].vendor if eps else None
+
+    async def _contract(self, ctx: RequestContext, model: ModelRoute) -> Ticket | None:
+        """Count the request against its vendor's contract; APIError when it is at a limit."""
+        limiter = self._contracts.get(model.id)
+        if limiter is None:
+            return None
+        try:
+            return await limiter.acquire(reservation_for(ctx))
+        except ContractRefused as refused:
+            ctx.attempts.append(f"{model.id}: contract {refused.limit}")
+            if refused.limit == "store":
+                raise APIError(503, f"Model '{model.id}' cannot be used now: {refused.detail}; retry "
+                               f"after {refused.retry_after_s} s.", code="vendor_limits_unavailable",
+                               headers={"Retry-After": str(refused.retry_after_s)}) from None
+            raise APIError(429, f"Model '{model.id}' is at its vendor contract's limit: {refused.detail}; "
+                           f"retry after {refused.retry_after_s} s.", code="vendor_rate_limited",
+                           type="rate_limit_error",
+                           headers={"Retry-After": str(refused.retry_after_s)}) from None
+
+    async def _settle_contract(self, model: ModelRoute, ticket: Ticket | None, ctx: RequestContext) -> None:
+        if ticket is not None:
+            await self._contracts[model.id].settle(ticket, int((ctx.usage or {}).get("total_tokens") or 0))
 
     async def forward(self, ctx: RequestContext, send: Send) -> None:
         """Admit, record the begin, and try replicas until one answers or the request must fail."""
@@ -168,9 +236,17 @@ class Dispatcher:
                 model, slot = await self._admission.admit(ctx.candidates, tenant, excluded_models)
             except APIError as exc:
                 if last is not None and exc.code == "model_unavailable":
-                    raise self._unavailable(ctx, last) from None
+                    raise (last if last.code in _CONTRACT_CODES
+                           else self._unavailable(ctx, last)) from None
                 raise
+            ticket: Ticket | None = None
             try:
+                try:
+                    ticket = await self._contract(ctx, model)
+                except APIError as refused:
+                    last = refused
+                    excluded_models.add(model.id)
+                    continue
                 if not ctx.audit_begun:
                     await self._before_dispatch(ctx)
                 body = self._body_for(ctx, model)
@@ -188,6 +264,7 @@ class Dispatcher:
                             engine_retries -= 1
             finally:
                 slot.release()
+                await self._settle_contract(model, ticket, ctx)
             excluded_models.add(model.id)
 
     def _unavailable(self, ctx: RequestContext, last: APIError) -> APIError:
@@ -210,23 +287,31 @@ class Dispatcher:
         """
         where = f"{model.id}@{ep.url}"
         ctx.model, ctx.upstream = model, ep.url
+        link = ep.vendor
         cuts = ep.cuts
         ep.inflight += 1
         resp = None
         try:
             try:
-                async with asyncio.timeout(self._settings.upstream_first_byte_timeout_s
-                                           if ctx.stream else None) as deadline:
+                async with asyncio.timeout(self._first_byte_s(ep) if ctx.stream else None) as deadline:
                     ep.waiting.add(deadline)
                     try:
-                        resp = await self._client().post(ep.url + path, data=body, headers=headers)
+                        if link is None:
+                            resp = await self._client().post(ep.url + path, data=body, headers=headers)
+                        else:
+                            resp = await self._client().post(
+                                link.url(path), data=body, headers=link.headers(ctx.request_id),
+                                timeout=aiohttp.ClientTimeout(
+                                    total=self._settings.request_timeout_s,
+                                    sock_connect=link.settings.connect_timeout_s),
+                                **_tls(link))
                         if resp.status != 200:
                             await self._refused(ctx, ep, where, resp)
                         answer = await (self._first_events(resp) if ctx.stream else resp.read())
                     finally:
                         ep.waiting.discard(deadline)
             except _CONNECT_ERRORS as exc:
-                self._table.eject(ep, "connection refused")
+                self._table.eject(ep, "connection refused", failed=link is not None)
                 ctx.attempts.append(f"{where}: connection refused")
                 raise _Failed(APIError(503, "connection refused", code="model_unavailable"),
                               free=True) from exc
@@ -259,11 +344,41 @@ class Dispatcher:
         """A non-200 answer: the engine's own refusal (raised to the client), or a failed engine."""
         raw = await resp.content.read(_MAX_ERROR_BODY)
         ctx.attempts.append(f"{where}: HTTP {resp.status}")
+        if ep.vendor is not None:
+            self._vendor_refused(ctx, ep, resp)
         error = await self._upstream_error(ctx, ep, resp.status, raw)
+        if ep.vendor is not None and resp.status >= 500:  # the circuit opens on any server error
+            self._table.eject(ep, f"vendor failed (HTTP {resp.status})", failed=True)
+            raise _Failed(error, free=False)
         if resp.status >= 500 and not await self.healthy(ep):
             self._table.eject(ep, f"engine failed (HTTP {resp.status})", failed=True)
             raise _Failed(error, free=False)
         raise error
+
+    def _vendor_refused(self, ctx: RequestContext, ep: Endpoint, resp: Any) -> None:
+        """A vendor's 429 (its own rate limit) or 401/403 (govllm's credential): fail over.
+
+        The vendor's message is not passed on: for a refused credential it may quote part
+        of the key, and either way it is the operator's matter, not the client's.
+        """
+        name = ctx.model.id
+        if resp.status == 429:
+            hold = _seconds(resp.headers.get("Retry-After")) or ep.vendor.settings.open_s
+            self._table.eject(ep, "vendor rate limit (HTTP 429)", hold_s=hold)
+            raise _Failed(APIError(429, f"The vendor of model '{name}' is at its rate limit; retry "
+                                   f"after {math.ceil(hold)} s.", code="vendor_rate_limited",
+                                   type="rate_limit_error",
+                                   headers={"Retry-After": str(math.ceil(hold))}), free=True)
+        if resp.status in (401, 403):
+            self._table.eject(ep, f"vendor refused govllm's credential (HTTP {resp.status})", failed=True)
+            raise _Failed(APIError(502, f"The vendor endpoint of model '{name}' refused govllm's "
+                                   "credential; the operator has been told (see /readyz).",
+                                   code="vendor_auth_failed", type="server_error"), free=True)
+
+    def _first_byte_s(self, ep: Endpoint) -> float:
+        if ep.vendor is not None:
+            return ep.vendor.settings.first_byte_timeout_s
+        return self._settings.upstream_first_byte_timeout_s
 
     def _timed_out(self, ctx: RequestContext, ep: Endpoint, where: str, *, cut: bool) -> Exception:
         """What a deadline before the first answer byte means for the request."""
@@ -275,9 +390,8 @@ class Dispatcher:
             ctx.attempts.append(f"{where}: no answer within {self._settings.request_timeout_s:g} s")
             return APIError(504, f"Model '{ctx.model.id}' did not answer within "
                             f"{self._settings.request_timeout_s:g} s.", code="upstream_timeout")
-        self._table.eject(ep, "no first byte in time")
-        ctx.attempts.append(f"{where}: no first byte within "
-                            f"{self._settings.upstream_first_byte_timeout_s:g} s")
+        self._table.eject(ep, "no first byte in time", failed=ep.vendor is not None)
+        ctx.attempts.append(f"{where}: no first byte within {self._first_byte_s(ep):g} s")
         return _Failed(APIError(504, f"model '{ctx.model.id}' did not start answering in time",
                                 code="upstream_timeout"), free=False)
 
@@ -295,6 +409,11 @@ class Dispatcher:
 
     async def _relay_body(self, ctx: RequestContext, resp: Any, body: bytes, send: Send) -> None:
         ctx.usage = _usage_of(body)
+        link = self.vendor_link(ctx.model.id)
+        if link is not None:
+            body = link.renamed(body)
+            if ctx.usage is None:
+                ctx.usage, ctx.usage_estimated = estimate_usage(ctx.operation, ctx.payload or {}, body), True
         if ctx.output_filter is not None:  # personal information in the answer (serving/pii)
             body = ctx.output_filter.filter_body(body)
         ctx.status = 200
@@ -314,16 +433,19 @@ class Dispatcher:
                             send: Send) -> None:
         loop = asyncio.get_running_loop()
         options = (ctx.payload or {}).get("stream_options") or {}
-        meter = StreamMeter(
+        counted = ep.vendor is not None and ep.vendor.settings.stream_usage == "final"
+        meter = _responses_meter(ctx) or StreamMeter(
             choices_per_prompt=int((ctx.payload or {}).get("n") or 1),
             keep_chunk_usage=bool(options.get("continuous_usage_stats")) and ctx.client_wants_usage,
             keep_final_usage=ctx.client_wants_usage,
+            prompt_estimate=prompt_chars(ctx.operation, ctx.payload or {}) if counted else None,
         )
         headers = self._start_headers(ctx, "text/event-stream; charset=utf-8")
         headers += [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         ctx.status = 200
-        idle = self._settings.stream_idle_timeout_s
+        idle = (ep.vendor.settings.stream_idle_timeout_s if ep.vendor is not None
+                else self._settings.stream_idle_timeout_s)
         pending, done, failure, cuts = first, b"", None, ep.cuts
         try:
             async with asyncio.timeout(None) as deadline:
@@ -335,6 +457,8 @@ class Dispatcher:
                         if out.endswith(_DONE):
                             done, out = _DONE, out[: -len(_DONE)]
                         out, seen = meter.scan(out)
+                        if ep.vendor is not None:
+                            out = ep.vendor.renamed(out)
                         if ctx.output_filter is not None:  # personal information in the answer
                             out = ctx.output_filter.filter_block(out)
                         if out:
@@ -369,10 +493,11 @@ class Dispatcher:
         finally:
             ep.waiting.discard(deadline)
             ctx.usage = meter.delivered()
+            ctx.usage_estimated = meter.estimated
         if failure is None and meter.error is not None:
             failure = APIError(502, meter.error["message"], code="engine_failed")
             self._table.eject(ep, "engine failed mid-stream", failed=True)
-        elif failure is None and not done:
+        elif failure is None and not done and not (isinstance(meter, ResponsesMeter) and meter.complete):
             failure = APIError(502, "The model's replica ended the stream early; the answer is "
                                "incomplete.", code="engine_failed")
         if failure is not None:
@@ -382,7 +507,8 @@ class Dispatcher:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
                 ctx.response_chunks.append(event)
         await self._before_end(ctx)
-        await send({"type": "http.response.body", "body": done or _DONE, "more_body": False})
+        last = b"" if isinstance(meter, ResponsesMeter) else _DONE  # Responses streams have no [DONE]
+        await send({"type": "http.response.body", "body": done or last, "more_body": False})
 
     async def _upstream_error(self, ctx: RequestContext, ep: Endpoint, status: int, raw: bytes) -> APIError:
         """Turn a replica's error into ours: same status and message, OpenAI vocabulary."""
@@ -391,7 +517,10 @@ class Dispatcher:
             message, param, code = str(err["message"]), err.get("param"), err.get("code")
         except (ValueError, KeyError, TypeError):
             message, param, code = raw.decode("utf-8", "replace")[:500] or f"HTTP {status}", None, None
-        if status == 400 and "maximum context length" in message:
+        if status == 400 and "maximum context length" in message and ep.vendor is None:
+            if ctx.operation not in ("chat", "completions"):  # the /tokenize probe speaks only these
+                return APIError(400, message, code="context_length_exceeded",
+                                param="input" if ctx.operation in ("embeddings", "responses") else None)
             return await self._context_length_error(ctx, ep, message)
         if not isinstance(code, str) or code.isdigit():
             code = "upstream_error" if status >= 500 else "invalid_value"
@@ -429,6 +558,26 @@ class Dispatcher:
         )
 
 
+def _tls(link: VendorLink | None) -> dict[str, Any]:
+    """aiohttp's `ssl` argument for a vendor with its own CA bundle; nothing otherwise."""
+    return {"ssl": link.ssl} if link is not None and link.ssl is not None else {}
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 < seconds <= 3600 else None
+
+
+def _responses_meter(ctx: RequestContext) -> ResponsesMeter | None:
+    """The Responses API's stream meter, for a Responses stream only."""
+    if ctx.operation != "responses":
+        return None
+    return ResponsesMeter(input_estimate=input_bytes(ctx.payload or {}))
+
+
 def _usage_of(body: bytes) -> dict | None:
     try:
         usage = json.loads(body).get("usage")
@@ -436,4 +585,7 @@ def _usage_of(body: bytes) -> dict | None:
         return None
     if not isinstance(usage, dict):
         return None
+    if "input_tokens" in usage:  # the Responses API's names
+        usage = {"prompt_tokens": usage.get("input_tokens"), "completion_tokens": usage.get("output_tokens"),
+                 "total_tokens": usage.get("total_tokens")}
     return {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}

@@ -29,6 +29,14 @@ the replica (their deadlines fire at once: one that has not answered yet is
 retried elsewhere, a stream gets an error event), and it is reported to the
 endpoint registry, whose next snapshot tells the other router replicas to
 eject it too, so a replica that hangs costs each router at most one wait.
+
+Vendor-hosted endpoints (serving/vendor/) are *static* entries of the same
+table: one per vendor model, never from the registry. Their ejection is a
+circuit breaker: a failure opens it for the endpoint's `open_s` (doubling in a
+row), after which a probe of the vendor's health URL (half-open) closes it; a
+healthy vendor is probed only every `probe_interval_s`, so probes do not eat
+into its contractual rate. Vendor ejections are this router's own (each router
+finds a failed vendor by its first failure or probe).
 """
 
 from __future__ import annotations
@@ -38,6 +46,10 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serving.vendor.link import VendorLink
 
 _MAX_EJECT_FACTOR = 12
 
@@ -56,6 +68,9 @@ class Endpoint:
     failed: bool = False  # ejected because its engine failed (not merely slow or silent)
     cuts: int = 0  # ejections so far: an attempt that sees this change was cut short by one
     waiting: set = field(default_factory=set, repr=False)  # deadlines of requests on this replica
+    vendor: VendorLink | None = field(default=None, repr=False)  # a vendor endpoint, not a replica
+    next_probe_at: float = 0.0  # vendors: when a closed circuit is probed next (monotonic)
+    last_probe: str = ""  # what the last failed health probe saw (our words, never the answer's)
 
     @property
     def load(self) -> int:
@@ -72,6 +87,17 @@ class EndpointTable:
     rng: random.Random = field(default_factory=random.Random)
     eject_s: float = 5.0
     reports: list[tuple[str, float]] = field(default_factory=list)  # (replica id, hold) to share
+    static: dict[str, list[Endpoint]] = field(default_factory=dict)  # vendor endpoints per model
+
+    def add_vendor(self, link: VendorLink) -> Endpoint:
+        """A vendor endpoint: a fixed entry that registry snapshots never replace."""
+        ep = Endpoint(url=link.display_url, replica_id=f"vendor:{link.model_id}",
+                      model_id=link.model_id, vendor=link)
+        self.static.setdefault(link.model_id, []).append(ep)
+        self.by_model.setdefault(link.model_id, []).append(ep)
+        if link.problem:  # misconfigured: out of rotation until the router restarts with it fixed
+            self.eject(ep, link.problem, failed=True, hold_s=math.inf, report=False)
+        return ep
 
     def update(self, snapshot: dict[str, list[dict]], now: float | None = None, *,
                routers: int | None = None) -> None:
@@ -90,6 +116,8 @@ class EndpointTable:
                     self.eject(ep, "ejected by another router", hold_s=held, report=False)
                 eps.append(ep)
             fresh[model_id] = eps
+        for model_id, eps in self.static.items():
+            fresh.setdefault(model_id, []).extend(eps)
         self.by_model = fresh
         if routers is not None:
             self.routers = max(1, routers)
@@ -115,11 +143,11 @@ class EndpointTable:
         if ep.ejected:
             return
         ep.ejections += 1
-        hold = hold_s if hold_s is not None else self.eject_s * min(2 ** (ep.ejections - 1),
-                                                                    _MAX_EJECT_FACTOR)
+        base = ep.vendor.settings.open_s if ep.vendor is not None else self.eject_s
+        hold = hold_s if hold_s is not None else base * min(2 ** (ep.ejections - 1), _MAX_EJECT_FACTOR)
         ep.ejected, ep.ejected_until, ep.reason, ep.failed = True, time.monotonic() + hold, reason, failed
         ep.cuts += 1
-        if report:
+        if report and ep.vendor is None:
             self.reports.append((ep.replica_id, hold))
         try:
             now = asyncio.get_running_loop().time()
@@ -136,6 +164,24 @@ class EndpointTable:
 
     def may_readmit(self, ep: Endpoint, now: float | None = None) -> bool:
         return ep.ejected and (time.monotonic() if now is None else now) >= ep.ejected_until
+
+    @staticmethod
+    def due_for_probe(ep: Endpoint, now: float | None = None) -> bool:
+        """Replicas: every round. Vendors: half-open once the circuit's time is over, and a
+        closed circuit every `probe_interval_s`."""
+        if ep.vendor is None:
+            return True
+        now = time.monotonic() if now is None else now
+        if ep.ejected:
+            return now >= ep.ejected_until
+        return now >= ep.next_probe_at
+
+    @staticmethod
+    def state(ep: Endpoint) -> str:
+        """closed (in rotation), open (ejected), or half-open (may be readmitted by the next probe)."""
+        if not ep.ejected:
+            return "closed"
+        return "half-open" if time.monotonic() >= ep.ejected_until else "open"
 
     def readmit(self, ep: Endpoint) -> None:
         ep.ejected, ep.reason = False, ""
@@ -157,7 +203,8 @@ class EndpointTable:
         An ejected replica may return when its ejection time is over; replicas that are
         gone entirely are restarted by Ray, which takes longer: 5 s is a polite interval.
         """
-        ejected = [ep.ejected_until for ep in self.by_model.get(model_id, ()) if ep.ejected]
+        ejected = [ep.ejected_until for ep in self.by_model.get(model_id, ())
+                   if ep.ejected and math.isfinite(ep.ejected_until)]
         if ejected:
             return max(1, math.ceil(min(ejected) - time.monotonic()))
         return 5

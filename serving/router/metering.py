@@ -31,6 +31,10 @@ _USAGE = re.compile(
 #: The choice index; vLLM always serialises it first in a choice.
 _INDEX = re.compile(rb'"choices":\[\{"index":(\d+)')
 _EMPTY_CHOICES = b'"choices":[]'
+#: A chunk's text (chat delta content or reasoning, completion text): one token each. Empty text
+#: counts too (a token that ends inside a multi-byte character decodes to ""); the opening
+#: chunk that only announces the assistant's role does not.
+_TEXT = re.compile(rb'(?<!"role":"assistant",)"(?:content|reasoning_content|text)":"')
 _EVENT_START = b"data: "
 _ERROR_START = b'data: {"error"'
 _EVENT_END = b"\n\n"
@@ -42,9 +46,10 @@ class Observation:
 
     per_choice: dict[int, tuple[int, int]] = field(default_factory=dict)  # index -> (prompt, completion)
     final: dict | None = None
+    text_chunks: int = 0  # chunks carrying text (counted only without per-chunk usage)
 
     def __bool__(self) -> bool:
-        return bool(self.per_choice) or self.final is not None
+        return bool(self.per_choice) or self.final is not None or self.text_chunks > 0
 
 
 class StreamMeter:
@@ -54,10 +59,14 @@ class StreamMeter:
         choices_per_prompt: the request's `n` (choice `i` belongs to prompt `i // n`).
         keep_chunk_usage: the client asked for `continuous_usage_stats` itself.
         keep_final_usage: the client asked for `include_usage` (the final usage chunk).
+        prompt_estimate: set for a server without per-chunk usage (a vendor endpoint): a
+            stream cut before its final usage is billed this many prompt tokens and one
+            completion token per delivered chunk that carries text (servers send one token
+            a chunk), and `estimated` says so.
     """
 
     def __init__(self, *, choices_per_prompt: int = 1, keep_chunk_usage: bool = False,
-                 keep_final_usage: bool = False):
+                 keep_final_usage: bool = False, prompt_estimate: int | None = None):
         self._n = max(1, choices_per_prompt)
         self._keep_chunk = keep_chunk_usage
         self._keep_final = keep_final_usage
@@ -65,12 +74,17 @@ class StreamMeter:
         self._completion: dict[int, int] = {}  # choice index -> completion tokens
         self.final: dict | None = None
         self.error: dict | None = None
+        self._prompt_estimate = prompt_estimate
+        self._text_chunks = 0
+        self.estimated = False
 
     def scan(self, block: bytes) -> tuple[bytes, Observation]:
         """Usage in `block` (complete SSE events) and the bytes to forward instead."""
         seen = Observation()
         if _ERROR_START in block:
             block = self._take_error(block)
+        if self._prompt_estimate is not None:
+            seen.text_chunks = len(_TEXT.findall(block))
         if b'"usage":{' not in block:
             return block, seen
         out: list[bytes] = []
@@ -107,6 +121,7 @@ class StreamMeter:
             self._completion[index] = max(completion, self._completion.get(index, 0))
         if seen.final is not None:
             self.final = seen.final
+        self._text_chunks += seen.text_chunks
 
     def delivered(self) -> dict[str, int] | None:
         """Tokens delivered so far: the engine's final count once it was sent, else the sum."""
@@ -114,7 +129,11 @@ class StreamMeter:
             return {k: int(self.final.get(k) or 0)
                     for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
         if not self._prompt and not self._completion:
-            return None
+            if self._prompt_estimate is None or not self._text_chunks:
+                return None
+            self.estimated = True
+            return {"prompt_tokens": self._prompt_estimate, "completion_tokens": self._text_chunks,
+                    "total_tokens": self._prompt_estimate + self._text_chunks}
         prompt = sum(self._prompt.values())
         completion = sum(self._completion.values())
         return {"prompt_tokens": prompt, "completion_tokens": completion,

@@ -18,10 +18,19 @@ from typing import Any, Protocol, get_args
 from serving.config import ModelRoute, ServingConfig, TenantSettings, UsageType
 from serving.keys import Principal
 from serving.logs import fields
+from serving.model_kinds import OPERATION_PATHS, kinds_serving, serves
 from serving.router.asgi import Scope, header
 from serving.router.errors import APIError
 from serving.router.json_body import parse_object
-from serving.router.schema import ChatCompletionRequest, CompletionRequest, validate
+from serving.router.schema import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    RerankRequest,
+    ResponsesRequest,
+    ScoreRequest,
+    validate,
+)
 from serving.tenancy.keystore import KeysUnconfirmed
 from serving.tenancy.oidc import TokenRejected, looks_like_jwt
 
@@ -56,6 +65,7 @@ class RequestContext:
     status: int | None = None
     error_code: str | None = None
     usage: dict[str, int] | None = None
+    usage_estimated: bool = False  # a vendor reported no usage: counted by the router
     first_byte_at: float | None = None
     upstream: str | None = None
     attempts: list[str] = field(default_factory=list)  # "<model>@<replica url>: <outcome>" per try
@@ -66,11 +76,11 @@ class RequestContext:
     # what was sent back, kept by reference for the audit record (parsed off the request path)
     response_chunks: list[bytes] = field(default_factory=list)
     response_body: bytes | None = None
-    pii: dict | None = None  # the personal-information guard's decision: types and counts, no values
-    output_filter: Any = None  # masks the answer's identifiers (serving/pii/stream.py OutputFilter)
     # headers every response to this request carries, success or error (the quota step's
     # x-ratelimit-*): appended where dispatch and the error path build response headers
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    pii: dict | None = None  # the personal-information guard's decision: types and counts, no values
+    output_filter: Any = None  # masks the answer's identifiers (serving/pii/stream.py OutputFilter)
 
     @property
     def client(self) -> str | None:
@@ -184,7 +194,8 @@ class Authenticate:
             ) from None
 
 
-_SCHEMAS = {"chat": ChatCompletionRequest, "completions": CompletionRequest}
+_SCHEMAS = {"chat": ChatCompletionRequest, "completions": CompletionRequest, "responses": ResponsesRequest,
+            "embeddings": EmbeddingRequest, "score": ScoreRequest, "rerank": RerankRequest}
 
 
 class ParseRequest:
@@ -198,7 +209,8 @@ class ParseRequest:
         ctx.payload = payload
         ctx.requested_model = request.model
         ctx.stream = request.stream
-        ctx.client_wants_usage = bool(request.stream_options and request.stream_options.include_usage)
+        options = request.stream_options
+        ctx.client_wants_usage = bool(options and options.include_usage)
 
 
 class ResolveModel:
@@ -224,6 +236,24 @@ class ResolveModel:
                 code="model_not_found",
                 param="model",
             )
+        serving = tuple(m for m in ctx.candidates if serves(m.kind, ctx.operation))
+        if not serving:
+            raise self._wrong_kind(name, ctx)
+        ctx.candidates = serving
+
+    def _wrong_kind(self, name: str, ctx: RequestContext) -> APIError:
+        """Refuse an operation the model's kind does not serve, naming the models that do."""
+        kinds = sorted({m.kind for m in ctx.candidates})
+        path = OPERATION_PATHS[ctx.operation]
+        able = sorted(m.id for m in self._models.values() if serves(m.kind, ctx.operation))
+        wanted = " or ".join(kinds_serving(ctx.operation))
+        return APIError(
+            400,
+            f"The model '{name}' is a {'/'.join(kinds)} model and does not serve {path}; it needs "
+            f"a model of kind {wanted}. Models that serve it: {', '.join(able) or 'none on this platform'}.",
+            code="model_not_supported",
+            param="model",
+        )
 
 
 class AccessLog:

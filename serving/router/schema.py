@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from serving.router.errors import APIError
 
@@ -51,7 +59,78 @@ class CompletionRequest(_Sampling):
     prompt: str | list[str] | list[int] | list[list[int]]
 
 
-def validate(model_cls: type[_Sampling], payload: Any) -> _Sampling:
+class _NotStreamed(_Open):
+    """A request whose answer is one JSON body (embeddings, score, rerank)."""
+
+    model: str = Field(min_length=1)
+    stream: Literal[False] = False
+    stream_options: None = None
+
+
+class EmbeddingRequest(_NotStreamed):
+    """OpenAI's embeddings request (vLLM also accepts chat-style `messages`; not routed)."""
+
+    input: str | list[str] | list[int] | list[list[int]] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(default=None, ge=1)
+
+
+ScoreText = str | list[str]
+
+
+class RerankRequest(_NotStreamed):
+    """The Cohere/Jina rerank shape vLLM serves: one query, documents, `top_n`."""
+
+    query: str = Field(min_length=1)
+    documents: list[str] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=0)
+
+
+class ScoreRequest(_NotStreamed):
+    """vLLM's score request: `text_1`/`text_2` (or its `queries` with `documents` or `items`)."""
+
+    text_1: ScoreText | None = None
+    text_2: ScoreText | None = None
+    queries: ScoreText | None = None
+    documents: ScoreText | None = None
+    items: ScoreText | None = None
+
+    @model_validator(mode="after")
+    def _one_pair(self) -> ScoreRequest:
+        pairs = [(a, b) for a, b in (("text_1", "text_2"), ("queries", "documents"), ("queries", "items"))
+                 if getattr(self, a) is not None and getattr(self, b) is not None]
+        if len(pairs) != 1:
+            raise ValueError("send text_1 and text_2 (or queries with documents or items)")
+        for name in pairs[0]:
+            if getattr(self, name) in ("", []):
+                raise ValueError(f"{name} must not be empty")
+        return self
+
+
+class ResponsesRequest(_Open):
+    """The Responses API: `input` text or items; no stored responses (none are kept)."""
+
+    model: str = Field(min_length=1)
+    input: str | list[dict[str, Any]] = Field(min_length=1)
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stream: StrictBool = False
+    stream_options: None = None
+    previous_response_id: str | None = None
+    background: StrictBool | None = None
+    store: StrictBool | None = None  # accepted and ignored: vLLM keeps nothing (its store is off)
+
+    @field_validator("previous_response_id", "background")
+    @classmethod
+    def _not_stored(cls, value: Any) -> Any:
+        if value:
+            raise ValueError("govllm keeps no responses (nothing is stored); send the earlier turns "
+                             "in `input` and run the request in the foreground")
+        return value
+
+
+def validate(model_cls: type[_Open], payload: Any) -> Any:
     """Validated request, or a 400 that names the first offending field."""
     return validate_model(model_cls, payload)
 
@@ -71,9 +150,10 @@ def validate_model(model_cls: type[BaseModel], payload: Any) -> Any:
         param = ".".join(str(p) for p in first["loc"]) or None
         more = len(exc.errors()) - 1
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        what = f"Invalid value for '{param}'" if param else "Invalid request"
         raise APIError(
             400,
-            f"Invalid value for '{param}': {first['msg']}{suffix}.",
+            f"{what}: {first['msg']}{suffix}.",
             code="missing_required_parameter" if first["type"] == "missing" else "invalid_value",
             param=param,
         ) from None

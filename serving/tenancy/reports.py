@@ -14,6 +14,7 @@ from typing import Any
 
 from serving.config import TenantSettings
 from serving.tenancy.store import StoreKeys
+from serving.vendor.config import Price
 
 USAGE_TYPE_LABELS = {
     "general-1": "汎用1 general-purpose, direct prompting",
@@ -32,7 +33,13 @@ def _ints(raw: dict) -> dict[str, int]:
     return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
 
-def usage(client, keys: StoreKeys, tenant: str, month: str) -> dict[str, Any]:
+def usage(client, keys: StoreKeys, tenant: str, month: str,
+          prices: dict[str, Price] | None = None) -> dict[str, Any]:
+    """The month's ledger of one tenant; with `prices` (model id -> Price) also cost in yen.
+
+    Cost is computed here from the ledger's token counts and the prices declared in the
+    spec now, so a corrected price re-prices the month; models without a price cost None.
+    """
     fields = _ints(client.hgetall(keys.ledger(tenant, month)))
     models: dict[str, dict[str, int]] = defaultdict(dict)
     levels: dict[str, dict[str, int]] = defaultdict(dict)
@@ -43,16 +50,25 @@ def usage(client, keys: StoreKeys, tenant: str, month: str) -> dict[str, Any]:
         target = {"model": models, "level": levels, "usage_type": usage_types}.get(kind)
         if target is not None:
             target[name][metric] = value
+    per_model = {
+        m: {"requests": v.get("requests", 0), "prompt_tokens": v.get("prompt_tokens", 0),
+            "completion_tokens": v.get("completion_tokens", 0)}
+        for m, v in sorted(models.items())
+    }
+    cost: float | None = None
+    if prices is not None:
+        for m, row in per_model.items():
+            price = prices.get(m)
+            row["cost_yen"] = (round(price.cost_yen(row["prompt_tokens"], row["completion_tokens"]), 2)
+                               if price is not None else None)
+        cost = round(sum(r["cost_yen"] for r in per_model.values() if r["cost_yen"] is not None), 2)
     return {
         "tenant": tenant,
         "month": month,
         "requests": fields.get("requests", 0),
         "total_tokens": fields.get("total_tokens", 0),
-        "models": {
-            m: {"requests": v.get("requests", 0), "prompt_tokens": v.get("prompt_tokens", 0),
-                "completion_tokens": v.get("completion_tokens", 0)}
-            for m, v in sorted(models.items())
-        },
+        "cost_yen": cost,
+        "models": per_model,
         "confidentiality": dict(sorted(levels.items())),
         "usage_types": dict(sorted(usage_types.items())),
     }
@@ -72,6 +88,7 @@ def periodic_report(report: dict[str, Any], tenant: TenantSettings | None) -> di
         "models_used": sorted(report["models"]),
         "requests": report["requests"],
         "tokens": report["total_tokens"],
+        "cost_yen": report.get("cost_yen"),
         "training_use": "prohibited",
     }
 

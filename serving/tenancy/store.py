@@ -70,6 +70,10 @@ class StoreKeys:
         """The tenant's usage ledger for a month (YYYY-MM, Asia/Tokyo); tagged for Redis Cluster."""
         return self("ledger", self.tag(tenant), month)
 
+    def contract(self, model_id: str, *parts: str) -> str:
+        """A vendor endpoint's contractual counters, under its own hash tag."""
+        return self("vendor", "{vendor-" + model_id + "}", *parts)
+
     def feedback(self, model_id: str) -> str:
         return self("feedback", model_id)
 

@@ -23,12 +23,23 @@ from cluster.spec import DEFAULT_SPEC_PATH
 from govllm.runtime_env import free_port
 from tests import stack as stacks
 from tests.servers import AWS_ENV, start_moto
+from tests.vendor import server as vendor_servers
 
 #: The model flooded by the admission tests: 4 slots per replica, shared by 2 routers.
 FLOODED = "tiny-qwen2-ja"
 #: The model most other faults use: room for a few hundred concurrent streams.
 WORKHORSE = "tiny-llama-ja"
 SPOOL_TMPFS_MB = 48
+#: Vendor-hosted models, all served by one vendor server (tests/vendor/server.py): the default
+#: kind (usage at the end only), a metered one (contract RPM/TPM) and one with a wrong key.
+VENDOR = "plamo-2"
+VENDOR_METERED = "plamo-2-metered"
+VENDOR_BADKEY = "plamo-2-badkey"
+VENDOR_KEY_ENV = "GOVLLM_TEST_VENDOR_KEY"
+VENDOR_BADKEY_ENV = "GOVLLM_TEST_VENDOR_BADKEY"
+VENDOR_PRICE = {"input_yen_per_million": 150.0, "output_yen_per_million": 600.0}
+VENDOR_RPM = 6
+VENDOR_TPM = 3000
 
 FAULT_TENANTS = [
     {"id": "fault-bill", "name": "課金検証町", "kind": "municipality", "max_confidentiality": 1,
@@ -66,8 +77,40 @@ def archive():
     kms_server.stop()
 
 
+def _vendor_models(vendor: vendor_servers.VendorServer) -> list[dict]:
+    def endpoint(**extra) -> dict:
+        return {"base_url": vendor.base_url, "upstream_model": vendor.model_name,
+                "credential_env": VENDOR_KEY_ENV, "ca_bundle": str(vendor.ca_bundle),
+                "probe_interval_s": 1, "open_s": 2, "first_byte_timeout_s": 20,
+                "terms": {"provider": "試験ベンダー株式会社", "contract": "TEST-2026-001",
+                          "retention_days": 0, "data_location": "JP"}, **extra}
+
+    return [
+        {"id": VENDOR, "max_model_len": 2048, "max_confidentiality": 2, "price": VENDOR_PRICE,
+         "source": {"endpoint": endpoint(limits={"max_concurrency": 64})}},
+        {"id": VENDOR_METERED, "max_model_len": 2048, "price": VENDOR_PRICE,
+         "source": {"endpoint": endpoint(stream_usage="per_chunk", limits={
+             "max_concurrency": 8, "requests_per_minute": VENDOR_RPM, "tokens_per_minute": VENDOR_TPM})}},
+        {"id": VENDOR_BADKEY, "max_model_len": 2048,
+         "source": {"endpoint": endpoint(credential_env=VENDOR_BADKEY_ENV)}},
+    ]
+
+
 @pytest.fixture(scope="package")
-def fault_stack(tmp_path_factory, archive):
+def vendor_server(tmp_path_factory):
+    """The vendor's server, started (not waited for) before the stack so both start together."""
+    vendor = vendor_servers.prepare(tmp_path_factory.mktemp("vendor"))
+    os.environ[VENDOR_KEY_ENV] = vendor.api_key
+    os.environ[VENDOR_BADKEY_ENV] = "not-the-vendor-key-" + os.urandom(6).hex()
+    vendor.start()
+    try:
+        yield vendor
+    finally:
+        vendor.stop()
+
+
+@pytest.fixture(scope="package")
+def fault_stack(tmp_path_factory, archive, vendor_server):
     root = tmp_path_factory.mktemp("faults")
     spool = root / "spool"
     tmpfs = _mount_tmpfs(spool, SPOOL_TMPFS_MB)
@@ -83,6 +126,11 @@ def fault_stack(tmp_path_factory, archive):
         model["replicas"] = ({"max_ongoing_requests": 4, "max_queued_requests": 2}
                              if model["id"] == FLOODED else
                              {"max_ongoing_requests": 256, "max_queued_requests": 256})
+    # chat models only: the faults are about chat traffic, and each extra engine costs the
+    # 2-core host start time and memory that the flood and timing tests feel
+    spec["models"] = [m for m in spec["models"] if m.get("kind", "chat") == "chat"]
+    spec["models"] += _vendor_models(vendor_server)
+    spec["aliases"] = {**spec.get("aliases", {}), "plamo-first": [VENDOR, FLOODED]}
     spec["store"] = {"embedded": True, "port": free_port()}
     spec["auth"]["key_staleness_s"] = 3
     spec["tenants"] += FAULT_TENANTS
@@ -129,6 +177,13 @@ def recovered(request):
         return True
 
     wait_until(serving, timeout_s=90, interval_s=0.5, what="stack serving before the test")
+
+
+@pytest.fixture(scope="package")
+def vendor(vendor_server, fault_stack):
+    """The vendor's server once it answers (it started with the stack)."""
+    vendor_server.wait_ready()
+    return vendor_server
 
 
 @pytest.fixture(scope="package")

@@ -20,6 +20,11 @@ from tests import stack as stacks
 from tests.servers import AWS_ENV, Issuer, start_moto
 from tests.stack import Stack
 
+#: A generated one-label Qwen2 sequence classifier served by vLLM's pooling runner (classify).
+RERANKER = {"id": "tiny-rerank-ja", "kind": "rerank", "revision": "dev-rerank-v1",
+            "source": {"dev_model": {"family": "qwen2", "seed": 2}}, "max_model_len": 512,
+            "max_confidentiality": 2}
+
 #: Tenants of the test stack, besides the spec's own dev-local and sample-city.
 TEST_TENANTS = [
     {"id": "test-city", "name": "テスト市", "kind": "municipality", "max_confidentiality": 1,
@@ -38,6 +43,10 @@ TEST_TENANTS = [
     # rate-limit headers (test_ecosystem.py): its own tenant, so no other test moves its counters
     {"id": "ratelimit-town", "name": "流量表示町", "kind": "municipality", "max_confidentiality": 1,
      "limits": {"requests_per_minute": 3, "tokens_per_minute": 100_000}},
+    # embeddings, rerank, tools and the Responses API billed and audited (test_rag_api.py,
+    # test_tools_structured.py, test_rag_example.py)
+    {"id": "rag-town", "name": "検索町", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"monthly_token_budget": 10_000_000}},
     # the personal-information guard's policies (test_pii.py)
     {"id": "pii-refuse", "name": "個人番号拒否市", "kind": "municipality", "max_confidentiality": 1,
      "pii": {"actions": {"JP_MY_NUMBER": "refuse"}}},
@@ -74,6 +83,7 @@ def stack(tmp_path_factory, outside) -> Stack:
     spec["router"].update(port=free_port(), min_replicas=2, max_replicas=2)
     spec["store"] = {"embedded": True, "port": free_port()}
     spec["tenants"] += TEST_TENANTS
+    spec["models"].append(RERANKER)  # a cross-encoder (kind rerank): make serve runs none (docs/api.md)
     issuer = outside["issuer"]
     spec["auth"]["oidc"] = {"issuer": issuer.issuer, "audience": issuer.audience, "jwks_url": issuer.jwks_url,
                             "ca_bundle": issuer.ca_bundle}

@@ -174,7 +174,8 @@ def test_audit_trail_is_encrypted_complete_and_verifiable(stack, outside):
     rec = records["audit-check-1"]
     assert rec["prompt"][0]["content"] == secret and rec["output"][0]["text"] == streamed
     assert rec["user"] == "auditee" and rec["credential_id"] == key_id and rec["confidentiality"] == 2
-    assert rec["model_id"] == "tiny-llama-ja" and rec["model_revision"] == "dev-llama-v2"
+    revision = next(m["revision"] for m in stack.spec["models"] if m["id"] == "tiny-llama-ja")
+    assert rec["model_id"] == "tiny-llama-ja" and rec["model_revision"] == revision
     assert rec["usage"]["completion_tokens"] == 3 and rec["status"] == 200
     assert rec["training_use"] == "prohibited" and rec["client"]
     assert records["audit-check-2"]["status"] == 400
