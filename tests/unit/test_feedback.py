@@ -39,8 +39,10 @@ TOWN = TenantSettings(id="town", name="町", kind="municipality")
 
 @pytest.fixture
 def cfg(store_server) -> ServingConfig:
+    # a generous store timeout: on a loaded 2-core host a cluster client's first burst can take
+    # more than 0.5 s (the store-down test pauses the store, so any bound is reached)
     return ServingConfig(models=(MODEL,), tenants=(CITY, TOWN),
-                         store=store_server.settings(f"f{time.time_ns()}", timeout_s=0.5))
+                         store=store_server.settings(f"f{time.time_ns()}", timeout_s=2.0))
 
 
 def audit_settings(tmp_path) -> AuditSettings:
