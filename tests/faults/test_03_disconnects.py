@@ -65,7 +65,9 @@ def test_random_disconnects_lose_nothing_and_bill_what_was_delivered(fault_stack
                       f"closed_by_server {got.closed_by_server}")
         raise
     cut = sum(1 for cid, how, _, _ in results if how == "mid_stream" and records[cid][0]["status"] == 499)
-    assert cut >= 20, f"only {cut} streams were cut while the router was still sending"
+    # the case under test must really occur: how many of the ~80 mid-stream hang-ups land before
+    # the engine finishes depends on the host's speed (13-40 seen), so the floor is modest
+    assert cut >= 10, f"only {cut} streams were cut while the router was still sending"
     billed = 0
     for cid, how, tokens, got in results:
         assert len(records[cid]) == 1, f"{cid} ({how}) has {len(records[cid])} records"
