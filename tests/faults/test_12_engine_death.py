@@ -81,8 +81,10 @@ def test_dead_engine_fails_over_in_seconds_and_bills_exactly(fault_stack):
             assert record["status"] == 502 and record["error_code"] == "engine_failed"
         else:  # it finished just before the kill
             assert record["status"] == 200
-        assert record["usage"]["completion_tokens"] == got.completion_tokens > 0  # billed == received
+        # billed == received (0 completion tokens when the engine died right after the role chunk)
+        assert record["usage"]["completion_tokens"] == got.completion_tokens
         assert record["usage"]["prompt_tokens"] == got.prompt_tokens
         billed += record["usage"]["total_tokens"]
+    assert any(got.completion_tokens > 0 for got in results.values())  # tokens were delivered and billed
     ledger_reaches(fault_stack, TENANT, before + billed)
     assert open_reservations(fault_stack, TENANT) == 0
