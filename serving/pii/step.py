@@ -23,28 +23,8 @@ from serving.router.texts import text_slots
 
 
 def _texts(ctx: RequestContext) -> list[tuple[Any, Any]]:
-    """(container, key) of every prompt text of the request, in order."""
-    payload = ctx.payload or {}
-    slots: list[tuple[Any, Any]] = []
-    if ctx.operation == "chat":
-        for message in payload.get("messages") or ():
-            if not isinstance(message, dict):
-                continue
-            content = message.get("content")
-            if isinstance(content, str):
-                slots.append((message, "content"))
-            elif isinstance(content, list):
-                slots += [(part, "text") for part in content
-                          if isinstance(part, dict) and isinstance(part.get("text"), str)]
-    elif ctx.operation == "completions":
-        prompt = payload.get("prompt")
-        if isinstance(prompt, str):
-            slots.append((payload, "prompt"))
-        elif isinstance(prompt, list):
-            slots += [(prompt, i) for i, p in enumerate(prompt) if isinstance(p, str)]
-    else:  # embeddings, score, rerank, responses (serving/router/texts.py)
-        slots += text_slots(ctx.operation, payload)
-    return slots
+    """(container, key) of every prompt text of the request, in order (serving/router/texts.py)."""
+    return text_slots(ctx.operation, ctx.payload or {})
 
 
 class PIIGuard:

@@ -1,9 +1,8 @@
-"""Where the input text of the embeddings, score, rerank and Responses requests sits.
+"""Where the input text of every operation's request sits.
 
 Every step that reads or rewrites prompt text (the personal-information guard, the
-audit record, the token reservation) must see all of it, whatever the operation; a
-field forgotten here would be a way around the guard. Chat (`messages`) and
-completions (`prompt`) keep their own long-standing readers.
+audit record, the token reservation, a vendor's usage estimate) must see all of it,
+whatever the operation; a field forgotten here would be a way around the guard.
 """
 
 from __future__ import annotations
@@ -31,24 +30,34 @@ def _strings(container: Any, key: Any, out: list[Slot]) -> None:
         out += [(value, i) for i, v in enumerate(value) if isinstance(v, str)]
 
 
+def _message(item: dict, out: list[Slot]) -> None:
+    """A chat message or Responses item: string content, or content parts with text."""
+    content = item.get("content")
+    if isinstance(content, str):
+        out.append((item, "content"))
+    elif isinstance(content, list):
+        out += [(part, "text") for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)]
+
+
 def _response_items(items: list, out: list[Slot]) -> None:
-    """Responses API input items: messages with string content or content parts with text."""
+    """Responses API input items: messages, and function_call_output items' output."""
     for item in items:
         if not isinstance(item, dict):
             continue
-        content = item.get("content")
-        if isinstance(content, str):
-            out.append((item, "content"))
-        elif isinstance(content, list):
-            out += [(part, "text") for part in content
-                    if isinstance(part, dict) and isinstance(part.get("text"), str)]
+        _message(item, out)
         if isinstance(item.get("output"), str):  # a function_call_output item
             out.append((item, "output"))
 
 
 def text_slots(operation: str, payload: dict[str, Any]) -> list[Slot]:
-    """(container, key) of every input text of an embeddings, score, rerank or responses request."""
+    """(container, key) of every input text of a request of `operation`, in order."""
     out: list[Slot] = []
+    if operation == "chat":
+        for message in payload.get("messages") or ():
+            if isinstance(message, dict):
+                _message(message, out)
+        return out
     for name in INPUT_FIELDS.get(operation, ()):
         if name not in payload:
             continue

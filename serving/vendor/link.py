@@ -16,6 +16,7 @@ import os
 import ssl
 from typing import Any
 
+from serving.router.texts import text_slots
 from serving.vendor.config import VendorEndpoint, safe_url
 
 logger = logging.getLogger("govllm.vendor")
@@ -97,23 +98,14 @@ def prompt_chars(operation: str, payload: dict[str, Any]) -> int:
 
     Japanese tokenizers of the selected models make about one token per character or
     fewer, so characters bound the vendor's own count from above for Japanese text and
-    over-bill English (about four characters a token). docs/vendors.md says so.
+    over-bill English (about four characters a token). docs/vendors.md says so. A prompt
+    given as token ids counts its ids.
     """
-    if operation == "chat":
-        total = 0
-        for message in payload.get("messages") or ():
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                total += len(content)
-            elif isinstance(content, list):
-                total += sum(len(p.get("text") or "") for p in content if isinstance(p, dict))
-        return total
-    prompt = payload.get("prompt")
-    if isinstance(prompt, str):
-        return len(prompt)
-    if isinstance(prompt, list):
-        return sum(len(p) if isinstance(p, (str, list)) else 1 for p in prompt)
-    return 0
+    chars = sum(len(container[key]) for container, key in text_slots(operation, payload))
+    prompt = payload.get("prompt") if operation == "completions" else None
+    if isinstance(prompt, list):  # token ids: one id, or one list of ids, per prompt
+        chars += sum(len(p) if isinstance(p, list) else 1 for p in prompt if not isinstance(p, str))
+    return chars
 
 
 def estimate_usage(operation: str, payload: dict[str, Any], body: bytes) -> dict[str, int]:
