@@ -14,18 +14,7 @@ from serving.audit.record import capture_begin, capture_end
 from serving.audit.verify import walk
 from tests.unit.test_audit_trail import answered, make_ctx
 from tests.unit.test_audit_verify import Archive, cut
-
-
-class Recorder:
-    def __init__(self):
-        self.total: int | None = None
-        self.done = 0
-
-    def start(self, total: int) -> None:
-        self.total = total
-
-    def advance(self, n: int = 1) -> None:
-        self.done += n
+from tests.unit.test_weights import Recorder
 
 
 def _ctx(rid: str):
