@@ -205,7 +205,8 @@ class Dispatcher:
         if limiter is None:
             return None
         try:
-            return await limiter.acquire(reservation_for(ctx))
+            # the quota step already bounded this request when its tenant has a budget
+            return await limiter.acquire(ctx.reserved_tokens or reservation_for(ctx))
         except ContractRefused as refused:
             ctx.attempts.append(f"{model.id}: contract {refused.limit}")
             if refused.limit == "store":
