@@ -208,6 +208,31 @@ def store(stack) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=stack.store_port, socket_timeout=5)
 
 
+def routers_up(stack) -> int:
+    """Router replicas HAProxy has in rotation now (its stats page, CSV, on 127.0.0.1)."""
+    import csv
+    import io
+    import re
+
+    import httpx
+
+    from govllm.runtime_env import haproxy_dir
+
+    configs = list(haproxy_dir(stack.state_dir / "run").glob("*/haproxy.cfg"))
+    if not configs:
+        return 0
+    stats = configs[0].read_text().split("listen stats", 1)[1]
+    port = int(re.search(r"bind 127\.0\.0\.1:(\d+)", stats).group(1))
+    uri = re.search(r"stats uri (\S+)", stats).group(1)
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}{uri};csv", timeout=5).text
+    except httpx.HTTPError:
+        return 0
+    rows = csv.DictReader(io.StringIO(text.lstrip("# ")))
+    return sum(1 for row in rows if row["pxname"].startswith("http-")
+               and row["svname"] not in ("FRONTEND", "BACKEND") and row["status"].startswith("UP"))
+
+
 def wait_until(predicate, *, timeout_s: float, interval_s: float = 0.5, what: str = "condition"):
     """Poll `predicate` until it returns a truthy value (returned) or fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -164,7 +164,7 @@ def recovered(request):
     stack = request.getfixturevalue("fault_stack")
     import httpx
 
-    from tests.faults.clients import wait_until
+    from tests.faults.clients import routers_up, wait_until
 
     def serving() -> bool:
         for _ in range(6):  # spread over both router replicas
@@ -177,6 +177,11 @@ def recovered(request):
         return True
 
     wait_until(serving, timeout_s=90, interval_s=0.5, what="stack serving before the test")
+    # and both router replicas back in HAProxy's rotation (a router stopped or killed by the
+    # previous test is re-added by health checks only after a few passes)
+    routers = stack.spec["router"]["min_replicas"]
+    wait_until(lambda: routers_up(stack) >= routers, timeout_s=90, interval_s=0.5,
+               what=f"{routers} routers in HAProxy's rotation before the test")
 
 
 @pytest.fixture(scope="package")
