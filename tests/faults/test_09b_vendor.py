@@ -150,7 +150,7 @@ def test_contract_requests_per_minute_hold_across_both_routers(fault_stack, vend
     codes = [r.status_code for r in statuses]
     assert codes.count(200) == VENDOR_RPM, codes
     refused = [r for r in statuses if r.status_code == 429]
-    assert len(refused) == VENDOR_RPM
+    assert len(refused) == VENDOR_RPM, [(r.status_code, r.text[:200]) for r in statuses if r.status_code != 200]
     for r in refused:
         assert r.json()["error"]["code"] == "vendor_rate_limited"
         assert 1 <= int(r.headers["retry-after"]) <= 60
