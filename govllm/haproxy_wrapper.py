@@ -17,7 +17,7 @@ offers no setting for three things a government front door needs:
 Ray starts the binary named by `RAY_SERVE_HAPROXY_BINARY_PATH` with
 `-f <config>`; this program amends that file in place (idempotently: Ray
 rewrites it on every reload) and then replaces itself with Ray's bundled
-HAProxy. `govllm.runtime_env.haproxy_environment` sets the variables, for
+HAProxy. `serving.serve_env.haproxy_environment` sets the variables, for
 `govllm serve` and for the pods of the Helm chart.
 """
 
@@ -30,7 +30,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from govllm.runtime_env import HAPROXY_HEADER_TIMEOUT_ENV
+from serving.serve_env import HAPROXY_HEADER_TIMEOUT_ENV
 
 DEFAULT_HEADER_TIMEOUT_S = 10
 _MARK = "# govllm-haproxy amendments"

@@ -23,9 +23,17 @@ from pathlib import Path
 from rich.console import Console
 
 from cluster import devmodels
-from cluster.serve_config import app_args, audit_settings, dev_model_dir, state_dir, store_settings
-from cluster.spec import ClusterSpec
+from cluster.render.serve_config import (
+    app_args,
+    audit_settings,
+    dev_model_dir,
+    state_dir,
+    store_settings,
+)
+from cluster.spec.schema import ClusterSpec
 from govllm import embedded_store, runtime_env
+from serving import serve_env
+from serving.app_args import AppArgs
 from serving.tenancy.keystore import KeyAdmin, ensure_dev_key
 from serving.tenancy.store import StoreKeys, sync_client
 
@@ -122,9 +130,9 @@ def serve(spec: ClusterSpec, spec_dir: Path, *, ready_timeout_s: float = 600.0) 
     sdir = state_dir(spec)
     run_dir = sdir / "run"
     runtime_env.apply(runtime_env.serve_environment(run_dir))
-    runtime_env.apply(runtime_env.haproxy_environment(
+    runtime_env.apply(serve_env.haproxy_environment(
         spec.router.request_header_timeout_s,
-        str(Path(sys.executable).with_name(runtime_env.HAPROXY_WRAPPER)),
+        str(Path(sys.executable).with_name(serve_env.HAPROXY_WRAPPER)),
     ))
     if spec.ray.address is None:
         # The data-plane credential of this run (unless the operator exported one): the local
@@ -170,7 +178,7 @@ def _dev_key(spec: ClusterSpec, sdir: Path) -> tuple[Path | None, bool]:
         client.close()
 
 
-def _serve(spec: ClusterSpec, sdir: Path, args: dict, ready_timeout_s: float) -> int:
+def _serve(spec: ClusterSpec, sdir: Path, args: AppArgs, ready_timeout_s: float) -> int:
     key_path, created = _dev_key(spec, sdir)
 
     import ray

@@ -12,16 +12,10 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import Literal, Protocol, TextIO
+from typing import Literal, TextIO
 
 Unit = Literal["bytes", "segments", "files"]
 
-
-class ProgressSink(Protocol):
-    """What a long operation reports: the total once it is known, then increments."""
-
-    def start(self, total: int) -> None: ...
-    def advance(self, n: int = 1) -> None: ...
 
 
 def _size(n: float) -> str:

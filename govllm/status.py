@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 
-from cluster.serve_config import state_dir
-from cluster.spec import ClusterSpec
+from cluster.render.serve_config import state_dir
+from cluster.spec.schema import ClusterSpec
 from govllm.local import RUN_FILE
+from serving import deployment_names
 
 
 def collect(spec: ClusterSpec) -> dict:
@@ -25,7 +26,7 @@ def collect(spec: ClusterSpec) -> dict:
     ray.init(address=run["ray_address"], log_to_driver=False, configure_logging=False)
     try:
         app_status = serve.status().applications.get(run["app"])
-        registry = serve.get_deployment_handle("EndpointRegistry", app_name=run["app"])
+        registry = serve.get_deployment_handle(deployment_names.REGISTRY, app_name=run["app"])
         endpoints = registry.snapshot.remote().result(timeout_s=30)
     finally:
         ray.shutdown()

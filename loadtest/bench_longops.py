@@ -1,7 +1,7 @@
 """Before/after timing of the long operator commands: weights push/verify/pull, audit verify.
 
 `python -m loadtest.bench_longops --before REV` runs each operation with the code of git
-revision REV (cluster/weights.py and serving/audit/verify.py loaded from `git show`) and with
+revision REV (cluster/ops/weights.py and serving/audit/verify.py loaded from `git show`) and with
 the working tree's, side by side in one run, against one real S3/KMS server (moto_server on
 127.0.0.1, tests/servers.py). Each measurement runs in its own subprocess, so its peak RSS is
 its own. Prints a Markdown table; the ratios are what docs/benchmarks.md quotes.
@@ -54,7 +54,7 @@ def measure(args) -> dict:
     """One operation in this process (a child): wall seconds and peak RSS."""
     rev = args.rev or None
     if args.op.startswith("weights"):
-        w = _module("cluster.weights", "cluster/weights.py", rev)
+        w = _module("cluster.ops.weights", "cluster/ops/weights.py", rev)
         s3 = w.s3_client(endpoint_url=args.url, region="ap-northeast-1")
         kw = {} if rev else {"workers": args.workers}
         dest = f"s3://{args.bucket}/{args.prefix}/"

@@ -24,7 +24,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.spec import DEFAULT_SPEC_PATH  # noqa: E402
+from cluster.spec.schema import DEFAULT_SPEC_PATH  # noqa: E402
 from govllm.runtime_env import free_port  # noqa: E402
 from tests import stack as stacks  # noqa: E402
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import yaml
 
 from cluster.devmodels import DevModelShape, generate
-from cluster.spec import DEFAULT_SPEC_PATH
+from cluster.spec.schema import DEFAULT_SPEC_PATH
 from govllm.runtime_env import free_port
 from loadtest.serving_bench import BenchResult, run_bench
 

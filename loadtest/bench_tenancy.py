@@ -30,8 +30,8 @@ from pathlib import Path
 
 import yaml
 
-from cluster.serve_config import serving_config
-from cluster.spec import DEFAULT_SPEC_PATH, ClusterSpec
+from cluster.render.serve_config import serving_config
+from cluster.spec.schema import DEFAULT_SPEC_PATH, ClusterSpec
 from govllm import embedded_store
 from govllm.runtime_env import free_port
 from loadtest.bench_stacks import apply_profile

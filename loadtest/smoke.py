@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cluster.spec import SpecError, load_spec
+from cluster.spec.schema import SpecError, load_spec
 from loadtest import tenant_keys
 from loadtest.report import build_report
 

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cluster.spec import SpecError, load_spec
+from cluster.spec.schema import SpecError, load_spec
 
 GOVLLM = str(Path(sys.executable).with_name("govllm"))
 

@@ -15,33 +15,27 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from serving.config import APP_IMPORT_PATH, ServingConfig
+from serving import deployment_names
+from serving.app_args import AppArgs
 from serving.llm_server import DataPlaneLLMServer
 from serving.logs import serve_logging_config
 from serving.registry import EndpointRegistry
 from serving.router.deployment import Router
 
-IMPORT_PATH = APP_IMPORT_PATH
-MODEL_DEPLOYMENT_PREFIX = "model:"
-ROUTER_DEPLOYMENT = "router"
 
-
-def model_deployment_name(model_id: str) -> str:
-    """Deployment name Ray Serve LLM derives for a model, with our prefix."""
-    return MODEL_DEPLOYMENT_PREFIX + model_id.replace("/", "--").replace(".", "_")
-
-
-def build_app(args: dict[str, Any]) -> Application:
+def build_app(args: AppArgs | dict[str, Any]) -> Application:
     """The Serve application: router -> (registry, one LLM deployment per model).
 
     Args:
-        args: ``{"serving": ServingConfig dict, "llm_configs": [LLMConfig dict, ...]}``.
+        args: the rendered `AppArgs` (`govllm serve`) or its dict form (a Serve config's
+            `args`, as KubeRay passes them).
 
     Returns:
         The application whose ingress is the router.
     """
-    config = ServingConfig.model_validate(args["serving"])
-    llm_configs = [LLMConfig.model_validate(c) for c in args["llm_configs"]]
+    app_args = AppArgs.model_validate(args)
+    config = app_args.serving
+    llm_configs = [LLMConfig.model_validate(c) for c in app_args.llm_configs]
     served = {c.model_id for c in llm_configs}
     routed = {m.id for m in config.models if m.endpoint is None}  # vendor models have no deployment
     if served != routed:
@@ -49,11 +43,11 @@ def build_app(args: dict[str, Any]) -> Application:
             f"router models {sorted(routed)} and LLM configs {sorted(served)} must match"
         )
     logs = serve_logging_config(config.router.log_encoding)
-    registry = EndpointRegistry.options(logging_config=logs).bind()
+    registry = EndpointRegistry.options(name=deployment_names.REGISTRY, logging_config=logs).bind()
     models = {
         c.model_id: build_llm_deployment(
             c,
-            name_prefix=MODEL_DEPLOYMENT_PREFIX,
+            name_prefix=deployment_names.MODEL_PREFIX,
             deployment_cls=DataPlaneLLMServer,
             bind_kwargs={"registry": registry, "data_plane_host": config.router.data_plane_host,
                          "data_plane_token_env": config.router.data_plane_token_env,
@@ -65,7 +59,7 @@ def build_app(args: dict[str, Any]) -> Application:
     r = config.router
     router = serve.deployment(
         Router,
-        name=ROUTER_DEPLOYMENT,
+        name=deployment_names.ROUTER,
         max_ongoing_requests=r.max_ongoing_requests,
         autoscaling_config={
             "min_replicas": r.min_replicas,

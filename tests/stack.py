@@ -27,6 +27,7 @@ import yaml
 
 from govllm.runtime_env import haproxy_dir
 from serving.config import DATA_PLANE_TOKEN_ENV
+from serving.deployment_names import model_deployment
 
 READY_TIMEOUT_S = 480
 STOP_TIMEOUT_S = 120
@@ -101,7 +102,7 @@ class Stack:
 
     def engine_pid(self, model: str) -> int:
         """The VLLM::EngineCore process of the model's (first) replica."""
-        for replica in self.replica_pids(f"model:{model}"):
+        for replica in self.replica_pids(model_deployment(model)):
             for child in psutil.Process(replica).children():
                 try:
                     if "EngineCore" in " ".join(child.cmdline()) or "EngineCore" in child.name():

@@ -50,7 +50,7 @@ from serving.audit.report import Problem, Report
 from serving.audit.segment import chain_created
 
 if TYPE_CHECKING:
-    from govllm.progress import ProgressSink
+    from serving.progress import ProgressSink
 
 __all__ = ["Problem", "Report", "days", "walk"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.spec import DEFAULT_SPEC_PATH
+from cluster.spec.schema import DEFAULT_SPEC_PATH
 from govllm.runtime_env import free_port
 from tests import stack as stacks
 from tests.servers import AWS_ENV, start_moto

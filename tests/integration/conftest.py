@@ -14,9 +14,10 @@ import os
 import pytest
 import yaml
 
-from cluster.spec import DEFAULT_SPEC_PATH
+from cluster.spec.schema import DEFAULT_SPEC_PATH
 from govllm.runtime_env import free_port
 from tests import stack as stacks
+from tests.otlp_test_receiver import OTLPTestReceiver
 from tests.servers import AWS_ENV, Issuer, start_moto
 from tests.stack import Stack
 
@@ -76,7 +77,15 @@ def outside():
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory, outside) -> Stack:
+def traces():
+    """The OTLP/HTTP receiver the stack's routers and engines export their spans to."""
+    receiver = OTLPTestReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory, outside, traces) -> Stack:
     root = tmp_path_factory.mktemp("stack")
     spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
     spec["state_dir"] = str(root / "state")
@@ -94,6 +103,9 @@ def stack(tmp_path_factory, outside) -> Stack:
                  "sse_kms_key_id": outside["kms_key_id"]},
         "keys": {"type": "kms", "key_id": outside["kms_key_id"], "endpoint_url": outside["kms"].url},
     }
+    # every request traced, exported often (tests/integration/test_tracing.py reads them)
+    spec["tracing"] = {"enabled": True, "endpoint": traces.url, "sample_ratio": 1.0,
+                       "export_interval_s": 0.5, "export_timeout_s": 30}
     s = stacks.start(root, spec)
     yield s
     stacks.stop(s)

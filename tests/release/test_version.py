@@ -33,8 +33,8 @@ def test_values_leave_the_tag_to_the_app_version():
 
 
 def test_rendered_images_and_make_image_tag_agree(tmp_path):
-    from cluster.helm_values import helm_values, render_text
-    from cluster.spec import load_spec
+    from cluster.render.helm_values import helm_values, render_text
+    from cluster.spec.schema import load_spec
 
     if not HELM.is_file():
         pytest.fail(f"{HELM} is missing: run `make install`")

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from cluster import devmodels
-from cluster.serve_config import llm_config, serving_config
-from cluster.spec import parse_spec
+from cluster.render.serve_config import llm_config, serving_config
+from cluster.spec.schema import parse_spec
 from serving.audit.assemble import assemble_body, assemble_stream
 from serving.audit.record import finish, raw_material
 from serving.config import ModelRoute, ServingConfig
@@ -262,8 +262,8 @@ def test_dev_templates_render_tools_calls_and_results_in_their_parsers_format():
 
 # -- sizing: embedding models need no KV cache for long answers ---------------------------------
 def test_planner_sizes_pooling_models_by_input_tokens():
-    from cluster.catalog import gpu_catalog, model_catalog
-    from cluster.planner import SizingRequest, plan
+    from cluster.catalog.cards import gpu_catalog, model_catalog
+    from cluster.sizing.planner import SizingRequest, plan
 
     card = model_catalog().get("llama-3.1-8b")
     base = {"model": "e", "shape": card.architecture.resolve(), "params": int(card.params_billion * 1e9),

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cluster.serve_config import audit_settings, store_settings
-from cluster.spec import DEFAULT_SPEC_PATH, load_spec
-from govllm.cli import app
+from cluster.render.serve_config import audit_settings, store_settings
+from cluster.spec.schema import DEFAULT_SPEC_PATH, load_spec
+from govllm.cli.main import app
 from serving.audit.trail import AuditTrail, redis_heads
 from serving.tenancy.store import StoreKeys, sync_client
 from tests.servers import start_redis

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.catalog import (
+from cluster.catalog.cards import (
     UNKNOWN,
     CatalogError,
     ModelCatalog,
@@ -12,7 +12,7 @@ from cluster.catalog import (
     gpu_catalog,
     model_catalog,
 )
-from cluster.hf_config import estimate_params
+from cluster.sizing.hf_config import estimate_params
 
 SELECTED = {"tsuzumi-2", "cc-gov-llm", "llama-3.1-elyza-jp-70b", "sarashina2-mini", "cotomi-v3",
             "takane-32b", "plamo-2.0-prime"}

@@ -1,11 +1,11 @@
 """The model catalog's tool-call and reasoning parsers: names vLLM registers, one per family,
-and a reason wherever none fits (cluster/vllm_features.py, catalog_data/models.yaml)."""
+and a reason wherever none fits (cluster/catalog/vllm_features.py, catalog/data/models.yaml)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cluster import vllm_features
+from cluster.catalog import vllm_features
 
 
 def test_parser_names_match_the_installed_vllm():
@@ -18,7 +18,7 @@ def test_parser_names_match_the_installed_vllm():
 
 
 def test_catalog_records_parsers_for_every_family_and_says_why_where_none_fits():
-    from cluster.catalog import model_catalog
+    from cluster.catalog.cards import model_catalog
 
     cards = {m.id: m for m in model_catalog().models}
     assert cards["llama-3.1-elyza-jp-70b"].parsers.tool_call_parser == "llama3_json"

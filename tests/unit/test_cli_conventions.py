@@ -9,8 +9,8 @@ from pathlib import Path
 
 import typer
 
-from cluster.spec import DEFAULT_SPEC_PATH
-from govllm.cli import app
+from cluster.spec.schema import DEFAULT_SPEC_PATH
+from govllm.cli.main import app
 
 GOVLLM = str(Path(sys.executable).parent / "govllm")
 ENVVARS = {"spec": "GOVLLM_SPEC", "context": "GOVLLM_CONTEXT", "namespace": "GOVLLM_NAMESPACE"}

@@ -15,8 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from cluster.helm_values import helm_values, render_text
-from cluster.spec import load_spec
+from cluster.render.helm_values import helm_values, render_text
+from cluster.spec.schema import load_spec
 from tests.unit.test_helm_chart import (
     KUBE_VERSIONS,
     NAMESPACE,

@@ -32,19 +32,13 @@ import jsonschema
 import pytest
 import yaml
 
-from cluster.cluster_plan import plan_cluster
-from cluster.helm_values import (
-    AUDIT_SPOOL_DIR,
-    HAPROXY_WRAPPER_PATH,
-    MODELS_DIR,
-    STORE_URL_ENV,
-    helm_values,
-    render_text,
-)
-from cluster.serve_config import app_args
-from cluster.spec import load_spec
-from govllm.runtime_env import HAPROXY_HEADER_TIMEOUT_ENV, SERVE_FLAGS
+from cluster.render.helm_values import HAPROXY_WRAPPER_PATH, helm_values, render_text
+from cluster.render.serve_config import app_args
+from cluster.render.target import AUDIT_SPOOL_DIR, MODELS_DIR, STORE_URL_ENV
+from cluster.sizing.cluster_plan import plan_cluster
+from cluster.spec.schema import load_spec
 from serving.config import DATA_PLANE_TOKEN_ENV
+from serving.serve_env import HAPROXY_HEADER_TIMEOUT_ENV, SERVE_FLAGS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "helm" / "govllm"
@@ -342,7 +336,7 @@ def test_operator_rules_catch_violations(rendered):
 # --- policy ------------------------------------------------------------------------------------
 
 def test_gpu_numbers_are_the_planners(rendered, spec):
-    """Independently of cluster/helm_values.py: per-pod GPUs = the node's GPUs, degrees and
+    """Independently of cluster/render/helm_values.py: per-pod GPUs = the node's GPUs, degrees and
     bounds = the planner's, and enough pods at peak for every replica's GPUs."""
     cluster_spec, spec_dir = spec
     plan = plan_cluster(cluster_spec, spec_dir)
@@ -381,7 +375,7 @@ def test_gpu_numbers_are_the_planners(rendered, spec):
 def test_serve_config_is_the_local_application_with_pod_settings(rendered, spec):
     """serveConfigV2 == what `govllm serve` runs, except the documented pod differences."""
     cluster_spec, spec_dir = spec
-    local = app_args(cluster_spec, spec_dir)
+    local = app_args(cluster_spec, spec_dir).to_config()
     app = yaml.safe_load(rayservice(rendered["default"])["spec"]["serveConfigV2"])
     assert app["http_options"] == {"host": "0.0.0.0", "port": 8000}
     (pod_app,) = app["applications"]

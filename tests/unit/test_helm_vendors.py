@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster.helm_values import VENDOR_CA_DIR
-from cluster.spec import load_spec
+from cluster.render.helm_values import VENDOR_CA_DIR
+from cluster.spec.schema import load_spec
 from tests.unit.test_helm_chart import (
     CHART,
     DATA_PLANE_SECRET,

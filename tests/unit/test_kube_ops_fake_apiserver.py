@@ -22,9 +22,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 import yaml
 
-from cluster.helm_values import helm_values
-from cluster.kube import Kube
-from cluster.preflight import (
+from cluster.ops.kube import Kube
+from cluster.ops.preflight import (
     FAIL,
     PASS,
     WARN,
@@ -34,8 +33,9 @@ from cluster.preflight import (
     requested,
     run_checks,
 )
-from cluster.rayservice_status import summarize
-from cluster.spec import load_spec
+from cluster.ops.rayservice_status import summarize
+from cluster.render.helm_values import helm_values
+from cluster.spec.schema import load_spec
 from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -280,7 +280,7 @@ def test_whole_body_is_masked():
 def test_cli_scan_json(tmp_path):
     from typer.testing import CliRunner
 
-    from govllm.cli import app
+    from govllm.cli.main import app
 
     doc = tmp_path / "doc.txt"
     doc.write_text("個人番号 1234-5678-9018\n", encoding="utf-8")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from govllm.cli import app
+from govllm.cli.main import app
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "cluster" / "specs" / "gov-cloud-example.yaml"
 runner = CliRunner()
@@ -104,7 +104,7 @@ def test_spec_with_cpu_engine_is_refused():
 
 def test_spec_plan_reports_vendor_endpoints_as_not_sized():
     """Vendor-hosted models get no GPUs and no sizing; their contract is their capacity."""
-    from cluster.spec import load_spec
+    from cluster.spec.schema import load_spec
 
     spec, _ = load_spec(EXAMPLE)
     vendors = spec.endpoints()

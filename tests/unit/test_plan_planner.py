@@ -6,15 +6,15 @@ import math
 
 import pytest
 
-from cluster import memory
-from cluster.catalog import gpu_catalog, model_catalog
-from cluster.planner import (
+from cluster.catalog.cards import gpu_catalog, model_catalog
+from cluster.sizing import memory
+from cluster.sizing.planner import (
     VLLM_DEFAULT_GPU_MEMORY_UTILIZATION,
     SizingRequest,
     plan,
     valid_tensor_parallel_sizes,
 )
-from cluster.throughput import ReplicaThroughput, autoscaling_target, replica_bounds
+from cluster.sizing.throughput import ReplicaThroughput, autoscaling_target, replica_bounds
 
 GIB = 2**30
 

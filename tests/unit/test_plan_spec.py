@@ -10,11 +10,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from cluster.cluster_plan import plan_cluster
-from cluster.plan_inputs import PlanDoesNotFit, PlanningError
-from cluster.serve_config import app_args
-from cluster.spec import DEFAULT_SPEC_PATH, SpecError, load_spec, parse_spec
-from govllm.cli import app
+from cluster.render.serve_config import app_args
+from cluster.sizing.cluster_plan import plan_cluster
+from cluster.sizing.inputs import PlanDoesNotFit, PlanningError
+from cluster.spec.schema import DEFAULT_SPEC_PATH, SpecError, load_spec, parse_spec
+from govllm.cli.main import app
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "cluster" / "specs" / "gov-cloud-example.yaml"
 BASE = yaml.safe_load(EXAMPLE.read_text())
@@ -40,7 +40,7 @@ def error_of(data) -> str:
 def test_example_renders_planned_llm_configs():
     spec, spec_dir = load_spec(EXAMPLE)
     cluster = plan_cluster(spec, spec_dir)
-    args = app_args(spec, spec_dir)
+    args = app_args(spec, spec_dir).to_config()
     for cfg, model in zip(args["llm_configs"], spec.self_hosted(), strict=True):  # vendors: no engine
         planned = cluster.get(model.id)
         sizing = planned.sizing
@@ -69,7 +69,7 @@ def test_example_configs_are_valid_ray_llm_configs():
     from ray.serve.llm import LLMConfig
 
     spec, spec_dir = load_spec(EXAMPLE)
-    for cfg in app_args(spec, spec_dir)["llm_configs"]:
+    for cfg in app_args(spec, spec_dir).to_config()["llm_configs"]:
         config = LLMConfig.model_validate(cfg)
         assert config.accelerator_type and config.placement_group_config["strategy"] == "STRICT_PACK"
 
@@ -86,7 +86,7 @@ def test_render_serve_config_command(tmp_path):
 
 def test_cpu_default_is_untouched_by_sizing():
     spec, spec_dir = load_spec(DEFAULT_SPEC_PATH)
-    for cfg, model in zip(app_args(spec, spec_dir)["llm_configs"], spec.self_hosted(), strict=True):
+    for cfg, model in zip(app_args(spec, spec_dir).to_config()["llm_configs"], spec.self_hosted(), strict=True):
         assert "tensor_parallel_size" not in cfg["engine_kwargs"]
         assert cfg["deployment_config"]["autoscaling_config"]["max_replicas"] == model.replicas.max
 
@@ -111,7 +111,7 @@ def test_pool_capacity_is_enforced(tmp_path):
     cluster = plan_cluster(spec, EXAMPLE.parent)
     assert not cluster.fits and "gpu_pools[h100-80gb]" in cluster.problems[0]
     with pytest.raises(PlanDoesNotFit, match="pool allows 2"):
-        app_args(spec, EXAMPLE.parent)
+        app_args(spec, EXAMPLE.parent).to_config()
     path = tmp_path / "small-pool.yaml"
     path.write_text(yaml.safe_dump(example(gpu_pools=pools)))
     result = CliRunner().invoke(app, ["plan", "--spec", str(path)])

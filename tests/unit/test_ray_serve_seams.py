@@ -55,11 +55,11 @@ def test_llm_server_hooks_govllm_overrides():
 def test_llm_configs_govllm_renders_are_valid_and_every_key_is_a_field():
     from ray.serve.llm import LLMConfig
 
-    from cluster.serve_config import app_args
-    from cluster.spec import load_spec
+    from cluster.render.serve_config import app_args
+    from cluster.spec.schema import load_spec
 
     spec, spec_dir = load_spec(None)
-    args = app_args(spec, spec_dir)
+    args = app_args(spec, spec_dir).to_config()
     assert args["llm_configs"]
     for raw in args["llm_configs"]:
         config = LLMConfig.model_validate(raw)
@@ -89,8 +89,8 @@ def test_build_app_binds_every_deployment_with_json_logging(monkeypatch):
 
     monkeypatch.setattr(ray, "get_runtime_context", lambda: _NoClusterRuntimeContext())
 
-    from cluster.serve_config import app_args
-    from cluster.spec import load_spec
+    from cluster.render.serve_config import app_args
+    from cluster.spec.schema import load_spec
     from serving.app import build_app
 
     params = inspect.signature(build_llm_deployment).parameters
@@ -106,16 +106,20 @@ def test_build_app_binds_every_deployment_with_json_logging(monkeypatch):
         deployments[dep.name] = dep
         pending += [a for a in [*dep.init_args, *dep.init_kwargs.values()] if hasattr(a, "_bound_deployment")]
         pending += [a for a in (dep.init_kwargs.get("models") or {}).values() if hasattr(a, "_bound_deployment")]
-    assert {"router", "EndpointRegistry"} <= set(deployments) and any(n.startswith("model:") for n in deployments)
+    from serving import deployment_names
+
+    assert {deployment_names.ROUTER, deployment_names.REGISTRY} <= set(deployments)
+    assert {deployment_names.model_deployment(m.id) for m in spec.self_hosted()} <= set(deployments)
     for name, dep in deployments.items():
         assert dep.logging_config["encoding"] == "JSON", name
 
 
 def test_serve_environment_variables_govllm_sets_are_read_by_ray():
-    """govllm/runtime_env.py sets RAY_SERVE_* variables; each must still be one Ray reads."""
+    """serving/serve_env.py and govllm/runtime_env.py set RAY_SERVE_* variables; each must
+    still be one Ray reads."""
     import re
 
-    text = (ROOT / "govllm" / "runtime_env.py").read_text()
+    text = (ROOT / "serving" / "serve_env.py").read_text() + (ROOT / "govllm" / "runtime_env.py").read_text()
     names = sorted(set(re.findall(r'"(RAY_SERVE_[A-Z0-9_]+)"', text)))
     assert len(names) >= 5
     ray_sources = "".join(inspect.getsource(importlib.import_module(m)) for m in (
@@ -175,3 +179,15 @@ def _defines(module: str, name: str) -> bool:
             if any(isinstance(t, ast.Name) and t.id == name for t in targets):
                 return True
     return False
+
+
+def test_model_deployment_names_mirror_ray_serve_llm():
+    """serving/deployment_names.py mangles model ids as Ray Serve LLM's builder does."""
+    from ray.llm._internal.serve.core.server.builder import _get_deployment_name
+    from ray.serve.llm import LLMConfig
+
+    from serving.deployment_names import mangle_model_id
+
+    for model_id in ("elyza/Llama-3-ELYZA-JP-70B", "sarashina2.2-3b", "plain"):
+        config = LLMConfig(model_loading_config={"model_id": model_id, "model_source": "/nonexistent"})
+        assert mangle_model_id(model_id) == _get_deployment_name(config)

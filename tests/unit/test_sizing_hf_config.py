@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cluster.catalog import model_catalog
-from cluster.hf_config import (
+from cluster.catalog.cards import model_catalog
+from cluster.sizing.hf_config import (
     HfConfigError,
     checkpoint_params,
     context_length,

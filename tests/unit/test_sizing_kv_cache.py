@@ -10,9 +10,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from cluster import kv_cache
-from cluster.catalog import ArchitectureShape, MambaShape, model_catalog
-from cluster.memory import pipeline_stages
+from cluster.catalog.cards import ArchitectureShape, MambaShape, model_catalog
+from cluster.sizing import kv_cache
+from cluster.sizing.memory import pipeline_stages
 
 GIB = 2**30
 

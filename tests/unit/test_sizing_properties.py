@@ -7,9 +7,14 @@ from dataclasses import replace
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from cluster.catalog import KV_CACHE_DTYPES, ArchitectureShape, MambaShape, gpu_catalog
-from cluster.hf_config import estimate_params
-from cluster.planner import SizingRequest, default_batch_limits, plan, valid_tensor_parallel_sizes
+from cluster.catalog.cards import KV_CACHE_DTYPES, ArchitectureShape, MambaShape, gpu_catalog
+from cluster.sizing.hf_config import estimate_params
+from cluster.sizing.planner import (
+    SizingRequest,
+    default_batch_limits,
+    plan,
+    valid_tensor_parallel_sizes,
+)
 
 GPUS = gpu_catalog().gpus
 PATTERNS = [("full",), ("sliding", "full"), ("sliding",) * 5 + ("full",), ("mamba", "full")]

@@ -19,9 +19,9 @@ import textwrap
 
 import pytest
 
-from cluster import kv_cache
 from cluster.devmodels import DevModelShape, generate
-from cluster.hf_config import load_config, shape_from_config
+from cluster.sizing import kv_cache
+from cluster.sizing.hf_config import load_config, shape_from_config
 
 pytestmark = [pytest.mark.vllm_cpu, pytest.mark.timeout(600)]
 

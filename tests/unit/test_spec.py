@@ -7,8 +7,8 @@ import copy
 import pytest
 import yaml
 
-from cluster.serve_config import app_args, serve_config_file
-from cluster.spec import DEFAULT_SPEC_PATH, SpecError, load_spec, parse_spec
+from cluster.render.serve_config import app_args, serve_config_file
+from cluster.spec.schema import DEFAULT_SPEC_PATH, SpecError, load_spec, parse_spec
 
 BASE = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
 
@@ -97,7 +97,7 @@ def test_non_mapping_and_bad_yaml(tmp_path):
 
 def test_render_cpu_default(tmp_path):
     spec, spec_dir = load_spec()
-    args = app_args(spec, spec_dir)
+    args = app_args(spec, spec_dir).to_config()
     assert [m["id"] for m in args["serving"]["models"]] == [m.id for m in spec.models]
     assert args["serving"]["aliases"]["default"] == ["tiny-llama-ja", "tiny-qwen2-ja"]
     assert args["serving"]["aliases"]["llama"] == ["tiny-llama-ja"]
@@ -120,7 +120,7 @@ def test_rendered_llm_configs_are_valid_ray_llm_configs():
     from serving.config import ServingConfig
 
     spec, spec_dir = load_spec()
-    args = app_args(spec, spec_dir)
+    args = app_args(spec, spec_dir).to_config()
     ServingConfig.model_validate(args["serving"])
     for cfg in args["llm_configs"]:
         assert LLMConfig.model_validate(cfg).model_id

@@ -10,7 +10,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from cluster.spec import parse_spec
+from cluster.spec.schema import parse_spec
 from serving.config import ModelRoute
 from serving.router.endpoints import EndpointTable
 from serving.router.metering import StreamMeter
@@ -65,11 +65,11 @@ LOCAL_SPEC = {
 
 
 def test_spec_endpoint_models_have_no_deployment_and_their_contract_is_their_capacity(tmp_path):
-    from cluster.serve_config import app_args
+    from cluster.render.serve_config import app_args
 
     spec = parse_spec(LOCAL_SPEC)
     assert [m.id for m in spec.self_hosted()] == ["local"] and [m.id for m in spec.endpoints()] == ["vendor"]
-    args = app_args(spec, tmp_path)
+    args = app_args(spec, tmp_path).to_config()
     assert [c["model_loading_config"]["model_id"] for c in args["llm_configs"]] == ["local"]
     routes = {m["id"]: ModelRoute.model_validate(m) for m in args["serving"]["models"]}
     assert routes["vendor"].source == "endpoint" and routes["local"].source == "self-hosted"
@@ -93,8 +93,8 @@ def test_gpu_plan_reports_endpoints_as_not_sized():
 
     import yaml
 
-    from cluster.cluster_plan import plan_cluster
-    from cluster.spec import DEFAULT_SPEC_PATH
+    from cluster.sizing.cluster_plan import plan_cluster
+    from cluster.spec.schema import DEFAULT_SPEC_PATH
 
     example = DEFAULT_SPEC_PATH.parent / "gov-cloud-example.yaml"
     data = yaml.safe_load(example.read_text())
@@ -280,8 +280,8 @@ def test_render_refuses_one_credential_variable_for_two_secrets():
 
     import yaml
 
-    from cluster.helm_values import HelmValuesError, helm_values
-    from cluster.spec import DEFAULT_SPEC_PATH
+    from cluster.render.helm_values import HelmValuesError, helm_values
+    from cluster.spec.schema import DEFAULT_SPEC_PATH
 
     example = DEFAULT_SPEC_PATH.parent / "gov-cloud-example.yaml"
     data = yaml.safe_load(example.read_text())

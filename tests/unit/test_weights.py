@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.weights import MANIFEST, WeightsError, build_manifest, pull, push, verify
+from cluster.ops.weights import MANIFEST, WeightsError, build_manifest, pull, push, verify
 from tests.servers import AWS_ENV, start_moto
 
 MIB = 2**20
@@ -206,7 +206,7 @@ def test_pull_skips_files_its_manifest_records_without_reading_them(bucket, chec
 @pytest.mark.parametrize("mode,expect_checksum", [("when_supported", True), ("when_required", False)])
 def test_checksum_setting_reaches_the_server(moto, bucket, checkpoint, mode, expect_checksum):
     """boto3 >= 1.36 sends CRC checksums unless told "when_required" (S3-compatible stores)."""
-    from cluster.weights import s3_client
+    from cluster.ops.weights import s3_client
 
     _, name, key = bucket
     s3 = s3_client(endpoint_url=moto.url, region="ap-northeast-1", checksums=mode)

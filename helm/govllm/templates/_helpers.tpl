@@ -1,4 +1,4 @@
-{{/* Names and labels. Paths below are fixed: cluster/helm_values.py writes the same ones
+{{/* Names and labels. Paths below are fixed: cluster/render/helm_values.py writes the same ones
      into serveConfigV2 (POD_STATE_DIR, MODELS_DIR). */}}
 {{- define "govllm.stateDir" -}}/var/lib/govllm{{- end }}
 {{- define "govllm.modelsDir" -}}/var/lib/govllm/models{{- end }}
@@ -127,7 +127,7 @@ seccompProfile:
 {{- end }}
 
 {{/* The vendors' private CA bundles: vendorCA.existingConfigMap, read-only at
-     /etc/govllm/vendor-ca (cluster/helm_values.py VENDOR_CA_DIR) on every Ray container;
+     /etc/govllm/vendor-ca (cluster/render/helm_values.py VENDOR_CA_DIR) on every Ray container;
      required once a vendor endpoint names a caBundle there. */}}
 {{- define "govllm.vendorCADir" -}}/etc/govllm/vendor-ca{{- end }}
 

@@ -1,0 +1,1 @@
+"""The `govllm` command line (assembled in govllm/cli/main.py)."""
