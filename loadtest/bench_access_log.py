@@ -16,9 +16,10 @@ import statistics
 import tempfile
 import time
 
-from serving.keys import Principal
+from serving.request import Principal, RequestContext
+
 from serving.logs import attach_to_serve_logs
-from serving.router.pipeline import AccessLog, RequestContext
+from serving.router.pipeline import AccessLog
 
 
 def _ctx() -> RequestContext:

@@ -26,12 +26,14 @@ import subprocess
 import sys
 import time
 
+from serving.request import RequestContext
+
 from serving.config import ModelRoute, ServingConfig, TenantSettings
 from serving.pii.detector import Detector
 from serving.pii.entities import ENTITY_TYPES
 from serving.pii.step import PIIGuard
 from serving.pii.stream import OutputFilter
-from serving.router.pipeline import ParseRequest, RequestContext, ResolveModel
+from serving.router.pipeline import ParseRequest, ResolveModel
 from serving.tenancy.policy import ConfidentialityPolicy
 
 PARAGRAPH = ("令和6年度の住民税に関する申請について、窓口で受け付けた内容を以下のとおり報告します。"

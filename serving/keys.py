@@ -22,17 +22,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from serving.request import Principal
+
 KEY_PREFIX = "gvk"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: carried through the request path into logs and audit."""
-
-    tenant: str
-    user: str
-    method: str = "api_key"  # "api_key" | "oidc"
-    credential_id: str = ""  # API key id, or the JWT's issuer-unique subject
 
 
 @dataclass

@@ -11,19 +11,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from serving.request import APIError, RequestContext
+from serving.texts import text_slots
+
 from serving.config import ServingConfig
 from serving.pii.detector import Detector, Finding
 from serving.pii.entities import ENTITY_TYPES
 from serving.pii.policy import Decision, decide, describe, mask_text, model_action
 from serving.pii.settings import PIIPolicy
 from serving.pii.stream import OutputFilter
-from serving.router.errors import APIError
-from serving.router.pipeline import RequestContext
-from serving.router.texts import text_slots
 
 
 def _texts(ctx: RequestContext) -> list[tuple[Any, Any]]:
-    """(container, key) of every prompt text of the request, in order (serving/router/texts.py)."""
+    """(container, key) of every prompt text of the request, in order (serving/texts.py)."""
     return text_slots(ctx.operation, ctx.payload or {})
 
 

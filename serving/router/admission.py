@@ -30,9 +30,10 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from serving.request import APIError
+
 from serving.config import ModelRoute, RouterSettings
 from serving.router.endpoints import EndpointTable
-from serving.router.errors import APIError
 
 _EWMA_WEIGHT = 0.2
 _MAX_RETRY_AFTER_S = 60

@@ -26,15 +26,15 @@ import time
 import uuid
 from typing import Any
 
+from serving.request import APIError, Finisher, RequestContext, Scope, Step, header
+
 from serving.config import ServingConfig
 from serving.model_kinds import OPERATION_PATHS
 from serving.router.admission import Admission
 from serving.router.asgi import (
     ClientDisconnected,
     Receive,
-    Scope,
     Send,
-    header,
     lifespan,
     read_body,
     send_error,
@@ -42,17 +42,9 @@ from serving.router.asgi import (
 )
 from serving.router.dispatch import Dispatcher
 from serving.router.endpoints import EndpointTable
-from serving.router.errors import APIError
 from serving.router.openapi import PATHS as OPENAPI_PATHS
 from serving.router.openapi import send_openapi
-from serving.router.pipeline import (
-    AccessLog,
-    Finisher,
-    ParseRequest,
-    RequestContext,
-    ResolveModel,
-    Step,
-)
+from serving.router.pipeline import AccessLog, ParseRequest, ResolveModel
 from serving.vendor.link import VendorLink
 
 logger = logging.getLogger("govllm.router")

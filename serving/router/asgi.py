@@ -13,21 +13,12 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from serving.router.errors import APIError, encode_error
+from serving.request import APIError, Scope, encode_error, header
 
-Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
-
-
-def header(scope: Scope, name: bytes) -> bytes | None:
-    """First value of a request header; `name` must be lower-case."""
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

@@ -49,15 +49,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from serving.request import APIError, RequestContext
 
 from serving.config import ModelRoute, RouterSettings
 from serving.model_kinds import OPERATION_PATHS
 from serving.router.admission import Admission
 from serving.router.asgi import Send
 from serving.router.endpoints import Endpoint, EndpointTable
-from serving.router.errors import APIError
 from serving.router.metering import StreamMeter, upstream_stream_options
-from serving.router.pipeline import RequestContext
 from serving.router.responses_meter import ResponsesMeter, input_bytes
 from serving.tenancy.reservation import reservation_for
 from serving.vendor.contract import ContractLimiter, ContractRefused, Ticket

@@ -25,7 +25,7 @@ import json
 import re
 from typing import Any
 
-from serving.router.errors import APIError
+from serving.request import APIError
 
 MAX_DEPTH = 64
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any, Protocol, get_args
+from typing import Any, get_args
 
-from serving.config import ModelRoute, ServingConfig, TenantSettings, UsageType
-from serving.keys import Principal
+from serving.request import APIError, Principal, RequestContext, header
+
+from serving.config import ServingConfig, TenantSettings, UsageType
 from serving.logs import fields
 from serving.model_kinds import OPERATION_PATHS, kinds_serving, serves
-from serving.router.asgi import Scope, header
-from serving.router.errors import APIError
 from serving.router.json_body import parse_object
 from serving.router.schema import (
     ChatCompletionRequest,
@@ -37,67 +35,6 @@ from serving.tenancy.oidc import TokenRejected, looks_like_jwt
 USAGE_TYPES = get_args(UsageType)
 
 log = logging.getLogger("govllm.access")
-
-
-@dataclass
-class RequestContext:
-    """Everything known about one request as it moves through the router."""
-
-    request_id: str  # assigned by the router: the key of reservations, the ledger and the trail
-    operation: str  # "chat" | "completions" | "models"
-    scope: Scope
-    client_request_id: str | None = None  # the client's x-request-id, kept for correlation only
-    started_at: float = field(default_factory=time.perf_counter)
-    wall_time: float = field(default_factory=time.time)
-    principal: Principal | None = None
-    tenant: TenantSettings | None = None
-    confidentiality: int | None = None
-    usage_type: str | None = None
-    reservation: str | None = None
-    reserved_tokens: int = 0
-    raw_body: bytes = b""
-    payload: dict[str, Any] | None = None
-    requested_model: str | None = None
-    candidates: tuple[ModelRoute, ...] = ()
-    model: ModelRoute | None = None
-    stream: bool = False
-    client_wants_usage: bool = False
-    status: int | None = None
-    error_code: str | None = None
-    usage: dict[str, int] | None = None
-    usage_estimated: bool = False  # a vendor reported no usage: counted by the router
-    first_byte_at: float | None = None
-    upstream: str | None = None
-    attempts: list[str] = field(default_factory=list)  # "<model>@<replica url>: <outcome>" per try
-    audit_begun: bool = False  # the begin record is durable (dispatch may start)
-    audit_closed: bool = False  # the end record is queued or durable
-    audit_begin_pending: bool = False  # queued, not yet durable (its waiter may be cancelled)
-    audit_end_write: Any = None  # the end record's queued write: its future, or True if nobody waits
-    # what was sent back, kept by reference for the audit record (parsed off the request path)
-    response_chunks: list[bytes] = field(default_factory=list)
-    response_body: bytes | None = None
-    # headers every response to this request carries, success or error (the quota step's
-    # x-ratelimit-*): appended where dispatch and the error path build response headers
-    response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    pii: dict | None = None  # the personal-information guard's decision: types and counts, no values
-    output_filter: Any = None  # masks the answer's identifiers (serving/pii/stream.py OutputFilter)
-
-    @property
-    def client(self) -> str | None:
-        client = self.scope.get("client")
-        return f"{client[0]}:{client[1]}" if client else None
-
-
-class Step(Protocol):
-    """One check or enrichment on the way in; raises APIError to refuse."""
-
-    async def __call__(self, ctx: RequestContext) -> None: ...
-
-
-class Finisher(Protocol):
-    """Runs once per request after the response; must never raise."""
-
-    async def __call__(self, ctx: RequestContext) -> None: ...
 
 
 #: The principal of every request when authentication is disabled (benchmarks, closed labs).

@@ -9,9 +9,7 @@ among those models only, so an alias never falls back to an unapproved model.
 
 from __future__ import annotations
 
-from serving.router.asgi import header
-from serving.router.errors import APIError
-from serving.router.pipeline import RequestContext
+from serving.request import APIError, RequestContext, header
 
 LEVEL_HEADER = b"x-confidentiality"
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.router.pipeline import RequestContext
+from serving.request import RequestContext
 
 #: Tokens an engine may add to a text prompt beyond its bytes: BOS, EOS, a prefix-space piece.
 SPECIAL_TOKENS_PER_PROMPT = 4

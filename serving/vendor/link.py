@@ -16,7 +16,8 @@ import os
 import ssl
 from typing import Any
 
-from serving.router.texts import text_slots
+from serving.texts import text_slots
+
 from serving.vendor.config import VendorEndpoint, safe_url
 
 logger = logging.getLogger("govllm.vendor")

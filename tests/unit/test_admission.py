@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from serving.request import APIError
 
 from serving.config import ModelRoute, RouterSettings
 from serving.router.admission import Admission
 from serving.router.endpoints import EndpointTable
-from serving.router.errors import APIError
 
 A = ModelRoute(id="a", max_model_len=128, max_ongoing_per_replica=2, max_queued_per_replica=2)
 B = ModelRoute(id="b", max_model_len=128, max_ongoing_per_replica=1, max_queued_per_replica=0)

@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
+from serving.request import APIError, Principal, RequestContext
 
 from serving.audit.crypto import LocalKeyFileKeys
 from serving.audit.objectstore import TOKYO, DirectoryStore
@@ -23,10 +24,7 @@ from serving.config import (
     ServingConfig,
     TenantSettings,
 )
-from serving.keys import Principal
-from serving.router.errors import APIError
 from serving.router.feedback import FeedbackEndpoint
-from serving.router.pipeline import RequestContext
 from serving.tenancy.quota import QuotaLedger
 from serving.tenancy.reports import feedback_summary
 from serving.tenancy.store import StoreKeys, async_client, sync_client

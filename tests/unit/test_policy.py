@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from serving.request import APIError, RequestContext
 
 from serving.config import ModelRoute, TenantSettings
-from serving.router.errors import APIError
-from serving.router.pipeline import RequestContext
 from serving.tenancy.policy import ConfidentialityPolicy
 
 INSIDE = ModelRoute(id="inside", max_model_len=100, max_confidentiality=2)

@@ -8,6 +8,7 @@ import time
 from collections import Counter
 
 import pytest
+from serving.request import APIError, RequestContext
 
 from serving.autoscaling import ONGOING_METRIC, data_plane_policy, desired_replicas
 from serving.config import ModelRoute, RouterSettings, ServingConfig
@@ -15,8 +16,7 @@ from serving.router.admission import Admission
 from serving.router.asgi import read_body
 from serving.router.dispatch import Dispatcher
 from serving.router.endpoints import EndpointTable
-from serving.router.errors import APIError
-from serving.router.pipeline import ParseRequest, RequestContext, ResolveModel
+from serving.router.pipeline import ParseRequest, ResolveModel
 from serving.router.schema import ChatCompletionRequest, CompletionRequest, validate
 
 CONFIG = ServingConfig(

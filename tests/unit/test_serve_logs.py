@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from ray.serve._private.logging_utils import configure_component_logger
 from ray.serve.schema import LoggingConfig
+from serving.request import Principal, RequestContext
 
-from serving.keys import Principal
 from serving.logs import attach_to_serve_logs
-from serving.router.pipeline import AccessLog, RequestContext
+from serving.router.pipeline import AccessLog
 
 
 @pytest.fixture
