@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serving.model_kinds import OPERATION_PATHS, ModelKind, serves
+from serving.observability.tracing.config import TracingSettings
 from serving.pii.settings import PIIPolicy
 from serving.vendor.config import Price, VendorEndpoint
 
@@ -382,6 +383,7 @@ class ServingConfig(_Strict):
     tenants: tuple[TenantSettings, ...] = Field(default=())
     store: StoreSettings = Field(default_factory=StoreSettings)
     audit: AuditSettings | None = Field(default=None)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     models: tuple[ModelRoute, ...] = Field(min_length=1)
     aliases: dict[str, tuple[str, ...]] = Field(
         default_factory=dict,

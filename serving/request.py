@@ -139,6 +139,7 @@ class RequestContext:
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     pii: dict | None = None  # the personal-information guard's decision: types and counts, no values
     output_filter: Any = None  # masks the answer's identifiers (serving/pii/stream.py OutputFilter)
+    trace: Any = None  # the request's spans when tracing is on (serving/observability/tracing/spans.py RequestTrace)
 
     @property
     def client(self) -> str | None:

@@ -30,7 +30,7 @@ from serving.config import (
     StoreSettings,
 )
 from serving.model_kinds import ENGINE_KWARGS as KIND_ENGINE_KWARGS
-from serving.tracing.engine import engine_tracing
+from serving.observability.tracing.engine import engine_tracing
 
 #: Engine defaults on the CPU build. float32 because bfloat16 kills the worker with SIGILL
 #: on these machines; eager mode because compiling graphs costs more than it saves here.
@@ -82,7 +82,7 @@ def llm_config(
     if model.structured_outputs is not None and not model.structured_outputs.structural_tag_tool_calls:
         env_vars["VLLM_ENFORCE_STRICT_TOOL_CALLING"] = "0"
     tracing_kwargs, tracing_env = engine_tracing(spec.tracing, app=spec.name, model_id=model.id)
-    engine_kwargs.update(tracing_kwargs)  # vLLM's own request span (serving/tracing/engine.py)
+    engine_kwargs.update(tracing_kwargs)  # vLLM's own request span (serving/observability/tracing/engine.py)
     env_vars.update(tracing_env)
     engine_kwargs["max_model_len"] = model.max_model_len
     min_replicas, max_replicas = model.replicas.min, model.replicas.max

@@ -35,7 +35,7 @@ from serving.config import (
     TenantSettings,
 )
 from serving.model_kinds import ModelKind
-from serving.tracing.config import TracingSettings
+from serving.observability.tracing.config import TracingSettings
 from serving.vendor.config import Price, VendorEndpoint
 
 #: Engine arguments govllm sets itself from dedicated spec fields; accepting them in

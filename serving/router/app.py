@@ -26,10 +26,10 @@ import time
 import uuid
 from typing import Any
 
-from serving.request import APIError, Finisher, RequestContext, Scope, Step, header
-
 from serving.config import ServingConfig
 from serving.model_kinds import OPERATION_PATHS
+from serving.observability.tracing.names import AUDIT_BEGIN_SPAN, AUDIT_COMMIT_SPAN
+from serving.request import APIError, Finisher, RequestContext, Scope, Step, header
 from serving.router.admission import Admission
 from serving.router.asgi import (
     ClientDisconnected,
@@ -87,6 +87,7 @@ class RouterApp:
         quota=None,
         data_plane_token: str | None = None,
         contracts: dict | None = None,
+        tracer=None,
     ):
         self.config = config
         self.table = table
@@ -97,10 +98,13 @@ class RouterApp:
         table.eject_s = config.router.replica_eject_s
         self.admission = Admission(config.models, config.router, table)
         token = data_plane_token or os.environ.get(config.router.data_plane_token_env, "")
+        begin, end = (audit.begin, audit.end) if audit else (_nothing, _nothing)
+        if tracer is not None and audit is not None:  # serving/observability/tracing/spans.py
+            begin, end = tracer.hook(AUDIT_BEGIN_SPAN, begin), tracer.hook(AUDIT_COMMIT_SPAN, end)
+        self._audit_end = end
         self.dispatcher = Dispatcher(
             table, config.router, self.admission, data_plane_token=token,
-            before_dispatch=audit.begin if audit else _nothing,
-            before_end=audit.end if audit else _nothing, contracts=contracts,
+            before_dispatch=begin, before_end=end, contracts=contracts, tracer=tracer,
         )
         self._authenticate = authenticate
         self._feedback = feedback
@@ -110,6 +114,11 @@ class RouterApp:
             ResolveModel(config),
             *(extra_steps or []),
         ]
+        self._tracer = tracer  # None: tracing off, and nothing below is wrapped
+        self._forward = self.dispatcher.forward
+        if tracer is not None:
+            self.generation_steps = tracer.steps(self.generation_steps)
+            self._forward = tracer.dispatch(self.dispatcher.forward)
         self.finishers: list[Finisher] = finishers if finishers is not None else [AccessLog()]
         self.quota = quota  # /readyz reports the shared store's state
         self._created = int(time.time())
@@ -172,24 +181,26 @@ class RouterApp:
 
     async def _generate(self, operation: str, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self._context(operation, scope)
+        if self._tracer is not None:
+            self._tracer.begin(ctx)  # the root span; x-govllm-trace-id on every response
         try:
             # authenticate before anything else is read: the record of any later refusal then
             # names its tenant, and nobody without a credential makes the router read a body
             duplicated = _duplicated_headers(scope)
             if b"authorization" in duplicated:
                 raise _duplicate_header(b"authorization")
-            await self._authenticate(ctx)
+            await self.generation_steps[0](ctx)  # authenticate
             _check_headers(scope, duplicated)
             ctx.raw_body = await self._read_body(scope, receive)
             for step in self.generation_steps[1:]:
                 await step(ctx)
-            await self.dispatcher.forward(ctx, send)
+            await self._forward(ctx, send)
         except APIError as exc:
             ctx.status, ctx.error_code = exc.status, exc.code
             if ctx.first_byte_at is None:
                 if self._audit is not None and exc.code != "audit_unavailable":
                     try:
-                        await self._audit.end(ctx)  # refusals are on the audit trail too
+                        await self._audit_end(ctx)  # refusals are on the audit trail too
                     except APIError as audit_exc:
                         exc = audit_exc
                 await _send_error_quietly(send, exc, ctx)
@@ -215,6 +226,8 @@ class RouterApp:
                 self._audit.end_nowait(ctx)  # the client is gone or the request failed oddly
             for finish in self.finishers:
                 await finish(ctx)
+            if ctx.trace is not None:
+                self._tracer.end(ctx)
 
     async def _rate(self, scope: Scope, receive: Receive, send: Send) -> None:
         ctx = self._context("feedback", scope)

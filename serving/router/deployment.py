@@ -75,6 +75,11 @@ class Router:
                 "requests without the data-plane credential (govllm serve generates one per run; "
                 "on Kubernetes it comes from the chart's dataPlane.existingSecret)"
             )
+        self._tracer = None
+        if cfg.tracing.enabled:  # OpenTelemetry only when the spec turns tracing on
+            from serving.observability.tracing.spans import build_tracer
+
+            self._tracer = build_tracer(cfg.tracing, app=cfg.app_name, instance=self._replica_id)
         self._app = RouterApp(
             cfg,
             table=EndpointTable(),
@@ -85,6 +90,7 @@ class Router:
             feedback=FeedbackEndpoint(self._redis, keys, audit=self._audit, metrics=metrics),
             quota=quota,
             data_plane_token=token,
+            tracer=self._tracer,
             contracts={m.id: ContractLimiter(m.id, m.endpoint.limits, self._redis, keys,
                                              timeout_s=cfg.store.timeout_s)
                        for m in cfg.models if m.endpoint is not None and m.endpoint.limits},
@@ -138,5 +144,7 @@ class Router:
             await app.dispatcher.close()
         if getattr(self, "_audit", None) is not None:
             await asyncio.to_thread(self._audit.close)
+        if getattr(self, "_tracer", None) is not None:  # flush what is queued, bounded
+            await asyncio.to_thread(self._tracer.shutdown)
         if getattr(self, "_redis", None) is not None:
             await self._redis.aclose()

@@ -49,10 +49,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
-from serving.request import APIError, RequestContext
 
 from serving.config import ModelRoute, RouterSettings
 from serving.model_kinds import OPERATION_PATHS
+from serving.observability.tracing.off import NO_TRACING
+from serving.request import APIError, RequestContext
 from serving.router.admission import Admission
 from serving.router.asgi import Send
 from serving.router.endpoints import Endpoint, EndpointTable
@@ -100,8 +101,9 @@ class Dispatcher:
 
     def __init__(self, table: EndpointTable, settings: RouterSettings, admission: Admission, *,
                  data_plane_token: str, before_dispatch: Hook = _nothing, before_end: Hook = _nothing,
-                 contracts: dict[str, ContractLimiter] | None = None):
+                 contracts: dict[str, ContractLimiter] | None = None, tracer: Any = None):
         self._table = table
+        self._trace = tracer or NO_TRACING  # spans of admission and attempts (serving/observability/tracing)
         self._contracts = contracts or {}
         self._settings = settings
         self._admission = admission
@@ -233,7 +235,8 @@ class Dispatcher:
         last: APIError | None = None
         while True:
             try:
-                model, slot = await self._admission.admit(ctx.candidates, tenant, excluded_models)
+                with self._trace.admission(ctx):
+                    model, slot = await self._admission.admit(ctx.candidates, tenant, excluded_models)
             except APIError as exc:
                 if last is not None and exc.code == "model_unavailable":
                     raise (last if last.code in _CONTRACT_CODES
@@ -253,7 +256,8 @@ class Dispatcher:
                 while (ep := self._table.pick(model.id, exclude=tried)) is not None:
                     tried.add(ep.replica_id)
                     try:
-                        await self._attempt(ctx, model, ep, path, body, headers, send)
+                        with self._trace.attempt(ctx, model, ep, path, headers) as sent:
+                            await self._attempt(ctx, model, ep, path, body, sent, send)
                         return
                     except _Failed as failed:
                         last = failed.error
