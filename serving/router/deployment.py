@@ -23,7 +23,7 @@ from ray import serve
 
 from serving.config import ServingConfig
 from serving.logs import attach_to_serve_logs
-from serving.metrics import RouterMetrics
+from serving.observability.metrics import MetricsSampler, RouterMetrics
 from serving.pii.step import PIIGuard
 from serving.router.app import RouterApp
 from serving.router.endpoints import EndpointTable
@@ -86,7 +86,7 @@ class Router:
             authenticate=Authenticate(cfg, keys=self._key_cache, oidc=oidc),
             extra_steps=[ConfidentialityPolicy(), *PIIGuard.for_config(cfg, metrics), quota],
             audit=self._audit,
-            finishers=[quota.settle, metrics.billed, AccessLog()],
+            finishers=[quota.settle, metrics.finished, AccessLog()],
             feedback=FeedbackEndpoint(self._redis, keys, audit=self._audit, metrics=metrics),
             quota=quota,
             data_plane_token=token,
@@ -101,6 +101,9 @@ class Router:
             self._every(cfg.router.registry_refresh_s, self._refresh_endpoints),
             self._every(cfg.router.replica_probe_interval_s, self._app.dispatcher.probe_once),
             quota.retry_deferred(),
+            MetricsSampler(metrics, router=self._replica_id, admission=self._app.admission,
+                           table=self._app.table, dispatcher=self._app.dispatcher, ledger=quota,
+                           store=self._redis, keys=keys, tenants=cfg.tenants, audit=self._audit).run(),
         ]
         if cfg.auth.enabled:
             background.append(self._key_cache.watch())

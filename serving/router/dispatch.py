@@ -45,6 +45,7 @@ import asyncio
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -111,7 +112,7 @@ class Dispatcher:
         self._before_end = before_end
         self._auth = f"Bearer {data_plane_token}"
         self._session: aiohttp.ClientSession | None = None
-        self.failovers = 0
+        self.failovers: Counter[str] = Counter()  # per model (serving/observability/metrics/sampler.py)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -261,7 +262,7 @@ class Dispatcher:
                         return
                     except _Failed as failed:
                         last = failed.error
-                        self.failovers += 1
+                        self.failovers[model.id] += 1
                         if not failed.free:
                             if engine_retries == 0:
                                 raise self._unavailable(ctx, last) from None

@@ -45,6 +45,7 @@ import asyncio
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -88,6 +89,8 @@ class EndpointTable:
     eject_s: float = 5.0
     reports: list[tuple[str, float]] = field(default_factory=list)  # (replica id, hold) to share
     static: dict[str, list[Endpoint]] = field(default_factory=dict)  # vendor endpoints per model
+    # ejections so far per (model, "self" | "peer"): found here, or reported by another router
+    ejection_counts: Counter = field(default_factory=Counter)
 
     def add_vendor(self, link: VendorLink) -> Endpoint:
         """A vendor endpoint: a fixed entry that registry snapshots never replace."""
@@ -147,6 +150,7 @@ class EndpointTable:
         hold = hold_s if hold_s is not None else base * min(2 ** (ep.ejections - 1), _MAX_EJECT_FACTOR)
         ep.ejected, ep.ejected_until, ep.reason, ep.failed = True, time.monotonic() + hold, reason, failed
         ep.cuts += 1
+        self.ejection_counts[ep.model_id, "peer" if not report and ep.vendor is None else "self"] += 1
         if report and ep.vendor is None:
             self.reports.append((ep.replica_id, hold))
         try:

@@ -191,7 +191,13 @@ class QuotaLedger:
 
     async def _run(self, script, keys: list, args: list):
         """One script call, bounded by store.timeout_s however the client retries inside."""
-        return await asyncio.wait_for(script(keys=keys, args=args), self._timeout_s)
+        started = time.perf_counter()
+        try:
+            return await asyncio.wait_for(script(keys=keys, args=args), self._timeout_s)
+        finally:
+            if self._metrics is not None:  # govllm_store_command_seconds
+                self._metrics.store_command("admit" if script is self._admit else "settle",
+                                            time.perf_counter() - started)
 
     async def __call__(self, ctx: RequestContext) -> None:
         """Admission: refuse (429/503) or count the request and reserve its budget."""
