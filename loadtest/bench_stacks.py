@@ -42,6 +42,7 @@ import yaml
 from cluster.devmodels import DevModelShape, generate
 from cluster.spec.schema import DEFAULT_SPEC_PATH
 from govllm.runtime_env import free_port
+from loadtest.otlp_sink import OTLPSink
 from loadtest.serving_bench import BenchResult, run_bench
 
 MODEL_ID = "tiny-llama-ja"
@@ -104,11 +105,14 @@ class Stack:
             self.proc.wait()
 
 
-def build_stacks(work: Path, model_path: Path, wanted: list[str]) -> list[Stack]:
+def build_stacks(work: Path, model_path: Path, wanted: list[str],
+                 trace_endpoint: str | None = None) -> list[Stack]:
     """Stacks by name; `govllm@KEY=VAL;KEY2=VAL2` is the govllm stack with extra environment.
 
     `govllm@PYTHONPATH=/path/to/other/checkout` runs another version of govllm (its router and
     serving code, imported ahead of this one) beside this one, for side-by-side comparisons.
+    `govllm-traced` is the full stack with OpenTelemetry tracing on, every request sampled and
+    exported to `trace_endpoint` (the bench's OTLP sink).
     """
     py = sys.executable
     cpu_env = {"VLLM_CPU_KVCACHE_SPACE": "1"}
@@ -139,11 +143,14 @@ def build_stacks(work: Path, model_path: Path, wanted: list[str]) -> list[Stack]
             profile = "bare" if base == "govllm-bare" else "full"
             label = ("(c) govllm full stack: auth, quota, audit on" if profile == "full"
                      else "(c0) govllm router without auth, quota, audit")
+            tracing = trace_endpoint if base == "govllm-traced" else None
+            if tracing:
+                label = "(t) govllm full stack, tracing on (every request, OTLP/HTTP)"
             port = free_port()
             state = work / f"state-{len(stacks)}"
             stack = Stack(
                 name, label + (f" [{extra}]" if extra else ""),
-                [GOVLLM, "serve", "--spec", str(_govllm_spec(state, model_path, profile, port))],
+                [GOVLLM, "serve", "--spec", str(_govllm_spec(state, model_path, profile, port, tracing))],
                 env=env, ready_path="/readyz",
                 api_key_file=(state / "dev-api-key") if profile == "full" else None,
                 cwd=work, port=port,
@@ -171,8 +178,10 @@ def apply_profile(spec: dict, profile: str) -> None:
         spec["tenants"], spec["auth"], spec["audit"] = [], {"enabled": False}, {"enabled": False}
 
 
-def _govllm_spec(state: Path, model_path: Path, profile: str, port: int) -> Path:
-    """The embedded default reduced to the benchmark model, under a profile (apply_profile)."""
+def _govllm_spec(state: Path, model_path: Path, profile: str, port: int,
+                 trace_endpoint: str | None = None) -> Path:
+    """The embedded default reduced to the benchmark model, under a profile (apply_profile);
+    with `trace_endpoint`, tracing on with every request sampled."""
     spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
     model = next(m for m in spec["models"] if m["id"] == MODEL_ID)
     model.update(source={"path": str(model_path)}, aliases=[])
@@ -181,6 +190,8 @@ def _govllm_spec(state: Path, model_path: Path, profile: str, port: int) -> Path
     spec["router"]["port"] = port
     spec["store"] = {"embedded": True, "port": free_port()}
     apply_profile(spec, profile)
+    if trace_endpoint:
+        spec["tracing"] = {"enabled": True, "endpoint": trace_endpoint, "sample_ratio": 1.0}
     state.mkdir(parents=True, exist_ok=True)
     path = state.parent / f"{state.name}-spec.yaml"
     path.write_text(yaml.safe_dump(spec, allow_unicode=True))
@@ -320,7 +331,9 @@ def summarise(rounds: list[dict[str, dict[str, BenchResult]]], stacks: list[Stac
                 out["ratios"][stack.name]["ttft_c1_vs_direct_streamed"] = statistics.median(
                     x["ttft_c1"] for x in streamed)
                 out["ratios"][stack.name]["rounds_direct_streamed"] = len(streamed)
-    full = next((s.name for s in stacks if s.name.startswith("govllm") and not s.name.startswith("govllm-bare")), None)
+    out["vs_govllm"] = govllm_ratios(rounds, stacks)
+    full = next((s.name for s in stacks if s.name.startswith("govllm")
+                 and not s.name.startswith(("govllm-bare", "govllm-traced"))), None)
     bare = next((s.name for s in stacks if s.name.startswith("govllm-bare")), None)
     if full and bare:
         diffs = [
@@ -333,6 +346,30 @@ def summarise(rounds: list[dict[str, dict[str, BenchResult]]], stacks: list[Stac
             "ttft_c16": statistics.median(d["c16"] for d in diffs),
             "per_round": diffs,
         }
+    return out
+
+
+def govllm_ratios(rounds: list[dict[str, dict]], stacks: list[Stack]) -> dict:
+    """Every other govllm stack against the first one (`govllm`), within each round.
+
+    Tracing on vs off, or this checkout vs another (`govllm@PYTHONPATH=...`): the same machine
+    in the same minute, so what differs is the stack, not the host's drift.
+    """
+    names = [s.name for s in stacks if s.name.startswith("govllm")]
+    if len(names) < 2:
+        return {}
+    base, out = names[0], {}
+    for name in names[1:]:
+        per_round = [
+            {"ttft_c1": r[name]["c1"].ttft_p50_ms / r[base]["c1"].ttft_p50_ms,
+             "ttft_c16": r[name]["c16"].ttft_p50_ms / r[base]["c16"].ttft_p50_ms,
+             "throughput_c16": r[name]["c16"].throughput_rps / r[base]["c16"].throughput_rps,
+             "cpu": r[name]["cpu_ms_per_request"] / r[base]["cpu_ms_per_request"]}
+            for r in rounds if name in r and base in r
+        ]
+        out[name] = {"base": base, "per_round": per_round,
+                     **{k: statistics.median(x[k] for x in per_round)
+                        for k in ("ttft_c1", "ttft_c16", "throughput_c16", "cpu")}}
     return out
 
 
@@ -378,6 +415,20 @@ def render_markdown(summary: dict, args: argparse.Namespace, started: str) -> st
                       + ", ".join(f"{summary['stacks'][name]['label'].split(' ')[0]} "
                                   f"{r['ttft_c1_vs_direct_streamed']:.2f}x"
                                   for name, r in summary["ratios"].items())]
+    versus = summary.get("vs_govllm")
+    if versus:
+        base = summary["stacks"][next(iter(versus.values()))["base"]]["label"]
+        lines += ["", f"Ratios to {base} [`{next(iter(versus.values()))['base']}`], within each round, "
+                  "median across rounds (1.00x: no difference):", "",
+                  "| stack | TTFT c1 | TTFT c16 | throughput c16 | CPU per request | per round (TTFT c1, throughput c16) |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in versus.items():
+            per = "; ".join(f"{x['ttft_c1']:.2f}, {x['throughput_c16']:.2f}" for x in r["per_round"])
+            lines.append(f"| {summary['stacks'][name]['label']} [`{name}`] | {r['ttft_c1']:.2f}x | "
+                         f"{r['ttft_c16']:.2f}x | {r['throughput_c16']:.2f}x | {r['cpu']:.2f}x | {per} |")
+    if summary.get("spans_exported") is not None:
+        lines += ["", f"Spans the traced stack exported to the bench's OTLP sink during the run: "
+                  f"{summary['spans_exported']} in {summary['span_exports']} export requests."]
     cost = summary.get("tenancy_cost_ms")
     if cost:
         per = "; ".join(f"{d['c1']:+.2f}, {d['c16']:+.2f}" for d in cost["per_round"])
@@ -391,7 +442,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stacks", default="direct,stock,govllm",
                         help="Comma list of: direct, stock, stock-nobatch, govllm (auth, quota, audit on), "
-                             "govllm-bare (all three off); govllm@KEY=VAL;KEY=VAL adds environment.")
+                             "govllm-bare (all three off), govllm-traced (govllm with tracing on, exporting "
+                             "to an OTLP sink in this process); govllm@KEY=VAL;KEY=VAL adds environment.")
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--requests", type=int, default=160, help="Requests per round at concurrency 16.")
     parser.add_argument("--sequential", type=int, default=24, help="Requests per round at concurrency 1.")
@@ -402,7 +454,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="govllm-bench-") as tmp:
         work = Path(tmp)
         model_path = generate(work / "model", DevModelShape(family="llama"))
-        stacks = build_stacks(work, model_path, args.stacks.split(","))
+        wanted = args.stacks.split(",")
+        sink = OTLPSink().start() if any(n.startswith("govllm-traced") for n in wanted) else None
+        stacks = build_stacks(work, model_path, wanted, trace_endpoint=sink.url if sink else None)
         rounds: list[dict] = []
         endpoints = {}
         try:
@@ -438,7 +492,11 @@ def main() -> None:
             for stack in stacks:
                 thaw(stack)
                 stack.stop()
+            if sink is not None:
+                sink.stop()
     summary = summarise(rounds, stacks)
+    if sink is not None:
+        summary["spans_exported"], summary["span_exports"] = sink.spans, sink.requests
     text = render_markdown(summary, args, started)
     print(text)
     if args.json:
