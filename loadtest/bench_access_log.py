@@ -16,9 +16,8 @@ import statistics
 import tempfile
 import time
 
-from serving.request import Principal, RequestContext
-
 from serving.logs import attach_to_serve_logs
+from serving.request import Principal, RequestContext
 from serving.router.pipeline import AccessLog
 
 

@@ -25,13 +25,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from serving.request import Principal, RequestContext
-
 from loadtest.llmload.metrics import percentile
 from serving.audit.crypto import LocalKeyFileKeys
 from serving.audit.spool import AuditSpool
 from serving.audit.trail import AuditTrail
 from serving.config import AuditSettings, DirectorySink, LocalKeyFile, ModelRoute
+from serving.request import Principal, RequestContext
 
 PROMPT = "令和八年度予算案に関する会議の議事録を三点に要約し、関係部署への連絡事項を整理してください。" * 12
 

@@ -26,13 +26,12 @@ import subprocess
 import sys
 import time
 
-from serving.request import RequestContext
-
 from serving.config import ModelRoute, ServingConfig, TenantSettings
 from serving.pii.detector import Detector
 from serving.pii.entities import ENTITY_TYPES
 from serving.pii.step import PIIGuard
 from serving.pii.stream import OutputFilter
+from serving.request import RequestContext
 from serving.router.pipeline import ParseRequest, ResolveModel
 from serving.tenancy.policy import ConfidentialityPolicy
 

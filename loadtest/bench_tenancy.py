@@ -29,7 +29,6 @@ import uuid
 from pathlib import Path
 
 import yaml
-from serving.request import RequestContext
 
 from cluster.render.serve_config import serving_config
 from cluster.spec.schema import DEFAULT_SPEC_PATH, ClusterSpec
@@ -38,6 +37,7 @@ from govllm.runtime_env import free_port
 from loadtest.bench_stacks import apply_profile
 from loadtest.llmload.metrics import percentile
 from serving.config import ServingConfig
+from serving.request import RequestContext
 from serving.router.pipeline import Authenticate, ParseRequest, ResolveModel
 from serving.tenancy.keystore import KeyAdmin, KeyCache
 from serving.tenancy.policy import ConfidentialityPolicy

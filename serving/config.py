@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from serving.model_kinds import OPERATION_PATHS, ModelKind, serves
 from serving.observability.tracing.config import TracingSettings
 from serving.pii.settings import PIIPolicy
+from serving.strict import StrictModel
 from serving.vendor.config import Price, VendorEndpoint
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
@@ -25,11 +26,7 @@ APP_IMPORT_PATH = "serving.app:build_app"
 AUTOSCALING_POLICY_IMPORT_PATH = "serving.autoscaling:data_plane_policy"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelRoute(_Strict):
+class ModelRoute(StrictModel):
     """What the router knows about one served model."""
 
     id: str = Field(pattern=MODEL_ID_PATTERN, description="Served model id (OpenAI `model`).")
@@ -101,7 +98,7 @@ class ModelRoute(_Strict):
 DATA_PLANE_TOKEN_ENV = "GOVLLM_DATA_PLANE_TOKEN"
 
 
-class RouterSettings(_Strict):
+class RouterSettings(StrictModel):
     """Front-door behaviour; every value has a production-sensible default."""
 
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
@@ -194,7 +191,7 @@ class RouterSettings(_Strict):
         return self
 
 
-class OIDCSettings(_Strict):
+class OIDCSettings(StrictModel):
     """OpenID Connect bearer tokens (JWTs) from the government's identity provider."""
 
     issuer: str = Field(description="Expected `iss` claim.")
@@ -224,7 +221,7 @@ class OIDCSettings(_Strict):
         return self
 
 
-class AuthSettings(_Strict):
+class AuthSettings(StrictModel):
     """How the router authenticates callers."""
 
     enabled: bool = Field(default=True, description="Require `Authorization: Bearer <key or JWT>`.")
@@ -237,7 +234,7 @@ class AuthSettings(_Strict):
     )
 
 
-class TenantLimits(_Strict):
+class TenantLimits(StrictModel):
     """Per-tenant limits; unset means unlimited. Enforced across all router replicas."""
 
     requests_per_minute: int | None = Field(default=None, ge=1)
@@ -257,7 +254,7 @@ class TenantLimits(_Strict):
 UsageType = Literal["general-1", "general-2", "specialised-1", "specialised-2"]
 
 
-class TenantSettings(_Strict):
+class TenantSettings(StrictModel):
     """An agency or municipality allowed to use the platform."""
 
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -296,7 +293,7 @@ class TenantSettings(_Strict):
         return "*" in self.allowed_models or model_id in self.allowed_models
 
 
-class StoreSettings(_Strict):
+class StoreSettings(StrictModel):
     """The shared store (Redis) for keys, quotas, the usage ledger and feedback."""
 
     url: str = Field(default="redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL.")
@@ -330,19 +327,19 @@ class StoreSettings(_Strict):
         return value
 
 
-class LocalKeyFile(_Strict):
+class LocalKeyFile(StrictModel):
     type: Literal["local"] = "local"
     path: str = Field(description="32-byte key-encryption key (created 0600 if missing).")
 
 
-class KmsKey(_Strict):
+class KmsKey(StrictModel):
     type: Literal["kms"] = "kms"
     key_id: str = Field(description="KMS key id or ARN that wraps the per-batch data keys.")
     region: str = Field(default="ap-northeast-1")
     endpoint_url: str | None = Field(default=None, description="For KMS-compatible services.")
 
 
-class S3Sink(_Strict):
+class S3Sink(StrictModel):
     type: Literal["s3"] = "s3"
     bucket: str
     prefix: str = Field(default="audit")
@@ -358,14 +355,14 @@ class S3Sink(_Strict):
     )
 
 
-class DirectorySink(_Strict):
+class DirectorySink(StrictModel):
     """A local directory with the same object layout as the bucket (embedded default only)."""
 
     type: Literal["directory"] = "directory"
     path: str
 
 
-class AuditSettings(_Strict):
+class AuditSettings(StrictModel):
     enabled: bool = True
     spool_dir: str = Field(description="Durable local spool (per router replica subdirectory).")
     sink: S3Sink | DirectorySink = Field(discriminator="type")
@@ -374,7 +371,7 @@ class AuditSettings(_Strict):
     batch_max_s: float = Field(default=5.0, gt=0, description="Upload at least this often.")
 
 
-class ServingConfig(_Strict):
+class ServingConfig(StrictModel):
     """Everything the router deployment is constructed with."""
 
     app_name: str = Field(default="govllm")

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from cluster.catalog.vllm_features import REASONING_PARSERS, TOOL_CALL_PARSERS, check_name
+from serving.strict import StrictModel
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -32,17 +33,13 @@ QUANTIZATIONS: tuple[str, ...] = ("bf16", "fp16", "fp8", "int8", "awq", "gptq")
 KV_CACHE_DTYPES: tuple[str, ...] = ("auto", "fp8")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Source(_Strict):
+class Source(StrictModel):
     title: str
     url: str | None = None
     note: str | None = None
 
 
-class MambaShape(_Strict):
+class MambaShape(StrictModel):
     """Mamba2 state-space layer shape (as vLLM's MambaStateShapeCalculator reads it)."""
 
     num_heads: int = Field(gt=0)
@@ -52,7 +49,7 @@ class MambaShape(_Strict):
     n_groups: int = Field(default=0, ge=0)
 
 
-class ArchitectureShape(_Strict):
+class ArchitectureShape(StrictModel):
     """A fully known architecture: what the planner computes with."""
 
     hf_architecture: str
@@ -97,7 +94,7 @@ class ArchitectureShape(_Strict):
 ARCH_FIELDS: tuple[str, ...] = tuple(ArchitectureShape.model_fields)
 
 
-class CatalogArchitecture(_Strict):
+class CatalogArchitecture(StrictModel):
     """An architecture as published: any field may be `unknown`."""
 
     source: str = Field(description="Key of `sources`: where these numbers come from.")
@@ -131,13 +128,13 @@ class CatalogArchitecture(_Strict):
         return ArchitectureShape.model_validate(values)
 
 
-class WeightSource(_Strict):
+class WeightSource(StrictModel):
     kind: Literal["registry", "s3", "path", "vendor"]
     ref: str
     note: str | None = None
 
 
-class Parsers(_Strict):
+class Parsers(StrictModel):
     """What vLLM 0.32 parses for the family: tool calls (`tool_choice: auto`) and reasoning.
 
     None where no registered parser fits the model's format (the note says why); tool_choice
@@ -160,7 +157,7 @@ class Parsers(_Strict):
         return self
 
 
-class ModelCard(_Strict):
+class ModelCard(StrictModel):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]*$")
     name: str
     vendor: str
@@ -184,13 +181,13 @@ class ModelCard(_Strict):
         return [self.params_source, self.context_source, self.architecture.source, self.parsers.source]
 
 
-class InstanceType(_Strict):
+class InstanceType(StrictModel):
     cloud: str
     name: str
     gpus: int = Field(gt=0)
 
 
-class GpuClass(_Strict):
+class GpuClass(StrictModel):
     id: str
     name: str
     memory_gb: float = Field(gt=0, description="The vendor's nominal capacity (an A100 40GB has 40 GiB).")
@@ -229,7 +226,7 @@ class CatalogError(LookupError):
     """An unknown catalog name; the message lists the valid ones."""
 
 
-class ModelCatalog(_Strict):
+class ModelCatalog(StrictModel):
     sources: dict[str, Source]
     models: tuple[ModelCard, ...]
 
@@ -251,7 +248,7 @@ class ModelCatalog(_Strict):
         return _find(self.models, model_id, "model", "catalog models")
 
 
-class GpuCatalog(_Strict):
+class GpuCatalog(StrictModel):
     sources: dict[str, Source]
     gpus: tuple[GpuClass, ...]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cluster.catalog.vllm_features import (
     REASONING_PARSERS,
@@ -36,6 +36,7 @@ from serving.config import (
 )
 from serving.model_kinds import ModelKind
 from serving.observability.tracing.config import TracingSettings
+from serving.strict import StrictModel
 from serving.vendor.config import Price, VendorEndpoint
 
 #: Engine arguments govllm sets itself from dedicated spec fields; accepting them in
@@ -60,11 +61,7 @@ RESERVED_ENGINE_KWARGS: dict[str, str] = {
 DEFAULT_SPEC_PATH = Path(__file__).parent.parent / "specs" / "local.yaml"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DevModelSource(_Strict):
+class DevModelSource(StrictModel):
     """A tiny model generated on this machine (random weights, real architecture)."""
 
     family: str = Field(description=f"One of: {', '.join(DEV_MODEL_FAMILIES)}.")
@@ -82,7 +79,7 @@ class DevModelSource(_Strict):
         return value
 
 
-class ModelSource(_Strict):
+class ModelSource(StrictModel):
     """Where the model comes from; exactly one field is set.
 
     `dev_model`, `path` and `uri` are weights that govllm serves itself (a Ray Serve LLM
@@ -108,7 +105,7 @@ class ModelSource(_Strict):
         return self
 
 
-class ReplicaBounds(_Strict):
+class ReplicaBounds(StrictModel):
     """Replica bounds for one model; the sizing planner fills these for GPU pools."""
 
     min: int = Field(
@@ -136,7 +133,7 @@ class ReplicaBounds(_Strict):
         return self
 
 
-class StructuredOutputsSpec(_Strict):
+class StructuredOutputsSpec(StrictModel):
     """Per-model defaults of vLLM's guided decoding (StructuredOutputsConfig).
 
     A weak model under a JSON schema may emit whitespace, which every JSON grammar allows
@@ -173,7 +170,10 @@ class StructuredOutputsSpec(_Strict):
         return self
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
+    # Not frozen: its validator fills `family` and `tool_call_parser` from the dev model.
+    model_config = ConfigDict(frozen=False)
+
     id: str = Field(pattern=MODEL_ID_PATTERN, description="The name clients send as `model`.")
     source: ModelSource
     family: str | None = Field(default=None, description="Architecture family (llama, qwen2, cohere, ...).")
@@ -284,7 +284,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class EngineSpec(_Strict):
+class EngineSpec(StrictModel):
     """Engine settings shared by every model."""
 
     device: Literal["cpu", "gpu"] = Field(
@@ -315,7 +315,7 @@ class EngineSpec(_Strict):
         return value
 
 
-class RaySpec(_Strict):
+class RaySpec(StrictModel):
     address: str | None = Field(
         default=None, description="Existing Ray cluster to join; unset starts a local one."
     )
@@ -326,7 +326,7 @@ class RaySpec(_Strict):
     )
 
 
-class AuthSpec(_Strict):
+class AuthSpec(StrictModel):
     enabled: bool = Field(default=True, description="Require `Authorization: Bearer <key or JWT>`.")
     oidc: OIDCSettings | None = Field(default=None, description="Also accept OIDC JWTs.")
     dev_tenant: str | None = Field(
@@ -340,7 +340,7 @@ class AuthSpec(_Strict):
     )
 
 
-class StoreSpec(_Strict):
+class StoreSpec(StrictModel):
     """The shared Redis for keys, quotas, the usage ledger and feedback."""
 
     embedded: bool = Field(
@@ -366,7 +366,7 @@ class StoreSpec(_Strict):
         return self
 
 
-class AuditSpec(_Strict):
+class AuditSpec(StrictModel):
     enabled: bool = True
     spool_dir: str | None = Field(default=None, description="Default: <state_dir>/audit-spool.")
     sink: S3Sink | DirectorySink | None = Field(
@@ -379,7 +379,7 @@ class AuditSpec(_Strict):
     batch_max_s: float = Field(default=5.0, gt=0)
 
 
-class ClusterSpec(_Strict):
+class ClusterSpec(StrictModel):
     name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]{0,45}[a-z0-9])?$")
     state_dir: str = Field(
         default=".govllm", description="Keys, generated models and run files (relative to cwd)."

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from cluster.catalog.cards import (
     CatalogError,
@@ -22,10 +22,7 @@ from cluster.catalog.cards import (
     gpu_catalog,
     model_catalog,
 )
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from serving.strict import StrictModel
 
 
 def _known_gpu(value: str) -> str:
@@ -36,7 +33,7 @@ def _known_gpu(value: str) -> str:
     return value
 
 
-class ArchitectureValues(_Strict):
+class ArchitectureValues(StrictModel):
     """Operator-supplied architecture values (for catalog fields marked `unknown`)."""
 
     hf_architecture: str | None = None
@@ -57,7 +54,7 @@ class ArchitectureValues(_Strict):
         return {k: v for k, v in self.model_dump().items() if k in self.model_fields_set}
 
 
-class ModelSizing(_Strict):
+class ModelSizing(StrictModel):
     """What the planner needs to size one model on GPUs."""
 
     catalog: str | None = Field(default=None, description="Model catalog id (govllm plan lists them).")
@@ -109,7 +106,7 @@ class ModelSizing(_Strict):
         return self
 
 
-class LoadSpec(_Strict):
+class LoadSpec(StrictModel):
     """Expected load at peak; replica bounds are computed from it."""
 
     users: int = Field(gt=0, description="Staff who may use the models.")
@@ -126,7 +123,7 @@ class LoadSpec(_Strict):
         return self.users * self.peak_requests_per_user_per_minute / 60.0
 
 
-class GpuPool(_Strict):
+class GpuPool(StrictModel):
     """GPUs of one class the cluster may use."""
 
     gpu: str

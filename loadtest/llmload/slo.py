@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from loadtest.llmload.metrics import (
     DISTRIBUTIONS,
@@ -38,6 +38,7 @@ from loadtest.llmload.metrics import (
     run_duration,
     values_of,
 )
+from serving.strict import StrictModel
 
 PER_REQUEST_KEYS = ("ttft_ms", "tpot_ms", "e2e_ms")
 RATE_METRICS = ("error_rate", "quota_rate", "goodput", "throughput_rps", "output_tokens_per_s",
@@ -98,17 +99,13 @@ class SLOSet:
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # strict: `true` is not a number
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class _PerRequest(_Strict):
+class _PerRequest(StrictModel):
     ttft_ms: Annotated[Number, Field(gt=0)] | None = None
     tpot_ms: Annotated[Number, Field(gt=0)] | None = None
     e2e_ms: Annotated[Number, Field(gt=0)] | None = None
 
 
-class _Gate(_Strict):
+class _Gate(StrictModel):
     metric: Literal[DISTRIBUTIONS + RATE_METRICS]  # type: ignore[valid-type]
     stat: Literal[STATS] | None = None  # type: ignore[valid-type]
     max: Number | None = None
@@ -127,7 +124,7 @@ class _Gate(_Strict):
         return self
 
 
-class _SLOFile(_Strict):
+class _SLOFile(StrictModel):
     """The SLO file's schema, validated by pydantic like the cluster spec."""
 
     per_request: _PerRequest = Field(default_factory=_PerRequest)

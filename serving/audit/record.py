@@ -20,9 +20,8 @@ import base64
 import time
 from typing import TYPE_CHECKING, Any
 
-from serving.texts import INPUT_FIELDS, recorded_input
-
 from serving.audit.assemble import assemble_body, assemble_stream
+from serving.texts import INPUT_FIELDS, recorded_input
 from serving.vendor.config import safe_url
 
 if TYPE_CHECKING:

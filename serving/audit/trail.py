@@ -24,14 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serving.request import APIError, RequestContext
-
 from serving.audit.crypto import data_keys
 from serving.audit.objectstore import object_store
 from serving.audit.record import capture_begin, capture_end, capture_request
 from serving.audit.spool import AuditSpool
 from serving.audit.uploader import Uploader
 from serving.config import AuditSettings
+from serving.request import APIError, RequestContext
 
 logger = logging.getLogger("govllm.audit")
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from serving.request import APIError, RequestContext
-from serving.texts import text_slots
-
 from serving.config import ServingConfig
 from serving.pii.detector import Detector, Finding
 from serving.pii.entities import ENTITY_TYPES
 from serving.pii.policy import Decision, decide, describe, mask_text, model_action
 from serving.pii.settings import PIIPolicy
 from serving.pii.stream import OutputFilter
+from serving.request import APIError, RequestContext
+from serving.texts import text_slots
 
 
 def _texts(ctx: RequestContext) -> list[tuple[Any, Any]]:

@@ -30,9 +30,8 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from serving.request import APIError
-
 from serving.config import ModelRoute, RouterSettings
+from serving.request import APIError
 from serving.router.endpoints import EndpointTable
 
 _EWMA_WEIGHT = 0.2

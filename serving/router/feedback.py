@@ -18,9 +18,9 @@ import logging
 import uuid
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
-from serving.request import APIError, RequestContext
 
 from serving.audit.record import feedback_record
+from serving.request import APIError, RequestContext
 from serving.router.json_body import parse_object
 from serving.router.schema import validate_model
 from serving.tenancy.store import StoreKeys

@@ -14,11 +14,10 @@ import logging
 import time
 from typing import Any, get_args
 
-from serving.request import APIError, Principal, RequestContext, header
-
 from serving.config import ServingConfig, TenantSettings, UsageType
 from serving.logs import fields
 from serving.model_kinds import OPERATION_PATHS, kinds_serving, serves
+from serving.request import APIError, Principal, RequestContext, header
 from serving.router.json_body import parse_object
 from serving.router.schema import (
     ChatCompletionRequest,

@@ -21,6 +21,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
 from serving.request import APIError
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]

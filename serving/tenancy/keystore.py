@@ -27,9 +27,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from serving.request import Principal
-
 from serving.keys import KeyRecord, issue_key, split_key, verify
+from serving.request import Principal
 from serving.tenancy.store import KEYS_VERSION_FIELD, StoreKeys
 
 logger = logging.getLogger("govllm.keys")

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from serving.request import Principal
 
 from serving.config import OIDCSettings
+from serving.request import Principal
 from serving.tenancy.oidc_rules import oidc_problems
 
 logger = logging.getLogger("govllm.oidc")

@@ -40,9 +40,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from serving.request import APIError, RequestContext
-
 from serving.config import ServingConfig
+from serving.request import APIError, RequestContext
 from serving.tenancy.reservation import reservation_for
 from serving.tenancy.store import StoreKeys
 

@@ -13,17 +13,15 @@ import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from serving.strict import StrictModel
 
 _ENV_NAME = r"^[A-Z_][A-Z0-9_]{0,127}$"
 _K8S_NAME = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Price(_Strict):
+class Price(StrictModel):
     """Contract prices, so usage reports and metrics can state cost in yen."""
 
     input_yen_per_million: float = Field(ge=0, description="Yen per million prompt tokens.")
@@ -34,7 +32,7 @@ class Price(_Strict):
                 + completion_tokens * self.output_yen_per_million) / 1_000_000
 
 
-class VendorTerms(_Strict):
+class VendorTerms(StrictModel):
     """The data-use terms of the contract; every audit record of this model carries them."""
 
     provider: str = Field(min_length=1, description="Who runs the endpoint, e.g. Preferred Networks.")
@@ -48,7 +46,7 @@ class VendorTerms(_Strict):
     data_location: str = Field(default="JP", description="Where the vendor processes and stores data.")
 
 
-class VendorLimits(_Strict):
+class VendorLimits(StrictModel):
     """The vendor's contractual limits, enforced across every router replica (shared store)."""
 
     requests_per_minute: int | None = Field(default=None, ge=1)
@@ -62,14 +60,14 @@ class VendorLimits(_Strict):
     )
 
 
-class SecretRef(_Strict):
+class SecretRef(StrictModel):
     """A Kubernetes Secret key that the chart puts into `credential_env` on the router's pods."""
 
     name: str = Field(pattern=_K8S_NAME)
     key: str = Field(default="api-key", pattern=r"^[-._a-zA-Z0-9]+$")
 
 
-class EgressRule(_Strict):
+class EgressRule(StrictModel):
     """Where the endpoint lives, for the chart's egress NetworkPolicy (which cannot name hosts)."""
 
     cidrs: tuple[str, ...] = Field(default=(), description="Vendor address ranges, e.g. 10.20.0.0/24.")
@@ -91,7 +89,7 @@ class EgressRule(_Strict):
         return self
 
 
-class VendorEndpoint(_Strict):
+class VendorEndpoint(StrictModel):
     """A model served by an OpenAI-compatible server that govllm does not run."""
 
     base_url: str = Field(description="The API root, ending in the version: https://plamo.example.go.jp/v1.")

@@ -17,7 +17,6 @@ import ssl
 from typing import Any
 
 from serving.texts import text_slots
-
 from serving.vendor.config import VendorEndpoint, safe_url
 
 logger = logging.getLogger("govllm.vendor")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from serving.request import APIError
 
 from serving.config import ModelRoute, RouterSettings
+from serving.request import APIError
 from serving.router.admission import Admission
 from serving.router.endpoints import EndpointTable
 

@@ -7,8 +7,6 @@ import asyncio
 import json
 
 import pytest
-from serving.request import APIError, RequestContext
-from serving.texts import text_slots
 
 from cluster import devmodels
 from cluster.render.serve_config import llm_config, serving_config
@@ -17,9 +15,11 @@ from serving.audit.assemble import assemble_body, assemble_stream
 from serving.audit.record import finish, raw_material
 from serving.config import ModelRoute, ServingConfig
 from serving.model_kinds import KINDS, OPERATION_PATHS, OPERATIONS
+from serving.request import APIError, RequestContext
 from serving.router.pipeline import ParseRequest, ResolveModel
 from serving.router.responses_meter import ResponsesMeter, input_bytes
 from serving.tenancy.reservation import reservation_for
+from serving.texts import text_slots
 
 CHAT = ModelRoute(id="chat", max_model_len=256, tool_call_parser="hermes")
 EMBED = ModelRoute(id="embed", max_model_len=64, kind="embedding")

@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from serving.request import APIError, Principal, RequestContext
 
 from serving.audit.crypto import LocalKeyFileKeys
 from serving.audit.merge import merge_requests
@@ -28,6 +27,7 @@ from serving.audit.trail import AuditTrail
 from serving.audit.uploader import Uploader
 from serving.audit.verify import walk
 from serving.config import AuditSettings, DirectorySink, LocalKeyFile, ModelRoute
+from serving.request import APIError, Principal, RequestContext
 
 SECRET = "機密性2: 住民Bの口座番号は 0123-4567"
 MODEL = ModelRoute(id="tiny-llama-ja", max_model_len=2048, revision="dev-llama-v2")

@@ -10,7 +10,6 @@ import uuid
 from datetime import datetime, timedelta
 
 import pytest
-from serving.request import APIError, Principal, RequestContext
 
 from serving.audit.crypto import LocalKeyFileKeys
 from serving.audit.objectstore import TOKYO, DirectoryStore
@@ -24,6 +23,7 @@ from serving.config import (
     ServingConfig,
     TenantSettings,
 )
+from serving.request import APIError, Principal, RequestContext
 from serving.router.feedback import FeedbackEndpoint
 from serving.tenancy.quota import QuotaLedger
 from serving.tenancy.reports import feedback_summary

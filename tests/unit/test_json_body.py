@@ -7,8 +7,8 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from serving.request import APIError
 
+from serving.request import APIError
 from serving.router.json_body import MAX_DEPTH, parse_object
 
 

@@ -222,9 +222,8 @@ def test_dev_key_issued_once_with_private_mode(store, tmp_path):
 def test_router_confirms_a_stale_copy_once_before_refusing(store_server, store):
     """After a pause (no background confirmation for a while) the Authenticate step asks the
     store once and accepts a good key; only when the store cannot answer does it refuse (503)."""
-    from serving.request import APIError, RequestContext
-
     from serving.config import ServingConfig, TenantSettings
+    from serving.request import APIError, RequestContext
     from serving.router.pipeline import Authenticate
 
     settings, keys = store

@@ -7,7 +7,6 @@ import json
 import random
 
 import pytest
-from serving.request import APIError, RequestContext
 
 from serving.config import ModelRoute, ServingConfig, TenantSettings
 from serving.pii.checkdigits import (
@@ -22,6 +21,7 @@ from serving.pii.normalize import normalize
 from serving.pii.settings import PIIPolicy
 from serving.pii.step import PIIGuard
 from serving.pii.stream import OutputFilter
+from serving.request import APIError, RequestContext
 
 
 def _my_number(rng: random.Random) -> str:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from serving.request import APIError, RequestContext
 
 from serving.config import ModelRoute, TenantSettings
+from serving.request import APIError, RequestContext
 from serving.tenancy.policy import ConfidentialityPolicy
 
 INSIDE = ModelRoute(id="inside", max_model_len=100, max_confidentiality=2)

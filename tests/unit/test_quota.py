@@ -7,9 +7,8 @@ import asyncio
 import time
 import uuid
 
-from serving.request import APIError, RequestContext
-
 from serving.config import ModelRoute, ServingConfig, TenantLimits, TenantSettings
+from serving.request import APIError, RequestContext
 from serving.tenancy.quota import QuotaLedger, month_of, reservation_for, seconds_to_next_month
 from serving.tenancy.reports import usage
 from serving.tenancy.store import StoreKeys, async_client, sync_client

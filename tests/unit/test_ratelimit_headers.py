@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 
 from serving.request import APIError
-
 from serving.router.asgi import DEFAULT_RETRY_AFTER_S, send_error
 from tests.unit.test_quota import Clock, admitted, answered, config, ctx, ledgers
 

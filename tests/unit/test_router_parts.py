@@ -8,10 +8,10 @@ import time
 from collections import Counter
 
 import pytest
-from serving.request import APIError, RequestContext
 
 from serving.autoscaling import ONGOING_METRIC, data_plane_policy, desired_replicas
 from serving.config import ModelRoute, RouterSettings, ServingConfig
+from serving.request import APIError, RequestContext
 from serving.router.admission import Admission
 from serving.router.asgi import read_body
 from serving.router.dispatch import Dispatcher

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from ray.serve._private.logging_utils import configure_component_logger
 from ray.serve.schema import LoggingConfig
-from serving.request import Principal, RequestContext
 
 from serving.logs import attach_to_serve_logs
+from serving.request import Principal, RequestContext
 from serving.router.pipeline import AccessLog
 
 
