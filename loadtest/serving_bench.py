@@ -143,22 +143,6 @@ async def run_bench(
     return result
 
 
-async def run_ttft_probe(
-    name: str,
-    base_url: str,
-    *,
-    model: str,
-    api_key: str | None = None,
-    requests: int = 32,
-    max_tokens: int = 32,
-) -> BenchResult:
-    """Sequential requests: TTFT without queueing behind other requests."""
-    return await run_bench(
-        name, base_url, model=model, api_key=api_key, concurrency=1,
-        requests=requests, max_tokens=max_tokens, warmup=2,
-    )
-
-
 if __name__ == "__main__":  # ad-hoc use: python -m loadtest.serving_bench URL MODEL [KEY]
     import sys
 

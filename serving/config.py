@@ -8,6 +8,7 @@ for KubeRay), so `serving/` never imports `cluster/`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -371,6 +372,35 @@ class AuditSettings(StrictModel):
     batch_max_s: float = Field(default=5.0, gt=0, description="Upload at least this often.")
 
 
+def check_names(model_ids: Sequence[str], aliases: Mapping[str, Sequence[str]],
+                tenants: Sequence[TenantSettings]) -> None:
+    """The cross-checks of models, aliases and tenants, for the spec and the router's config alike.
+
+    Model and tenant ids are unique, an alias is not also a model id and names only served
+    models, and a tenant's allowed_models names only served models ("*": all). Raises
+    ValueError naming the first problem.
+    """
+    dupes = sorted({i for i in model_ids if list(model_ids).count(i) > 1})
+    if dupes:
+        raise ValueError(f"models: duplicate id(s) {dupes}")
+    for alias, targets in aliases.items():
+        if alias in model_ids:
+            raise ValueError(f"aliases: {alias!r} is also a model id; rename one of them")
+        if not targets:
+            raise ValueError(f"aliases: {alias!r} names no model")
+        unknown = [t for t in targets if t not in model_ids]
+        if unknown:
+            raise ValueError(f"aliases: {alias!r} names unknown model(s) {unknown}")
+    tenant_ids = [t.id for t in tenants]
+    dupes = sorted({i for i in tenant_ids if tenant_ids.count(i) > 1})
+    if dupes:
+        raise ValueError(f"tenants: duplicate id(s) {dupes}")
+    for tenant in tenants:
+        unknown = [m for m in tenant.allowed_models if m != "*" and m not in model_ids]
+        if unknown:
+            raise ValueError(f"tenants[{tenant.id}].allowed_models: unknown model(s) {unknown}")
+
+
 class ServingConfig(StrictModel):
     """Everything the router deployment is constructed with."""
 
@@ -389,24 +419,7 @@ class ServingConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ServingConfig:
-        ids = [m.id for m in self.models]
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"model ids must be unique, got {ids}")
-        for alias, targets in self.aliases.items():
-            if alias in ids:
-                raise ValueError(f"alias {alias!r} is also a model id; rename one of them")
-            unknown = [t for t in targets if t not in ids]
-            if unknown or not targets:
-                raise ValueError(
-                    f"alias {alias!r} must name served models; unknown: {unknown or '(empty)'}"
-                )
-        tenant_ids = [t.id for t in self.tenants]
-        if len(set(tenant_ids)) != len(tenant_ids):
-            raise ValueError(f"tenant ids must be unique, got {tenant_ids}")
-        for tenant in self.tenants:
-            unknown = [m for m in tenant.allowed_models if m != "*" and m not in ids]
-            if unknown:
-                raise ValueError(f"tenant {tenant.id}: allowed_models names unknown model(s) {unknown}")
+        check_names([m.id for m in self.models], self.aliases, self.tenants)
         return self
 
     def model(self, model_id: str) -> ModelRoute | None:

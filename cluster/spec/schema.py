@@ -33,6 +33,7 @@ from serving.config import (
     RouterSettings,
     S3Sink,
     TenantSettings,
+    check_names,
 )
 from serving.model_kinds import ModelKind
 from serving.observability.tracing.config import TracingSettings
@@ -442,24 +443,8 @@ class ClusterSpec(StrictModel):
 
     @model_validator(mode="after")
     def _names(self) -> ClusterSpec:
-        ids = [m.id for m in self.models]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"models: duplicate id(s) {dupes}")
-        for alias, targets in self.all_aliases().items():
-            if alias in ids:
-                raise ValueError(f"aliases: {alias!r} is also a model id")
-            unknown = [t for t in targets if t not in ids]
-            if unknown:
-                raise ValueError(f"aliases: {alias!r} names unknown model(s) {unknown}")
+        check_names([m.id for m in self.models], self.all_aliases(), self.tenants)
         tenant_ids = [t.id for t in self.tenants]
-        dupes = sorted({i for i in tenant_ids if tenant_ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"tenants: duplicate id(s) {dupes}")
-        for tenant in self.tenants:
-            unknown = [m for m in tenant.allowed_models if m != "*" and m not in ids]
-            if unknown:
-                raise ValueError(f"tenants[{tenant.id}].allowed_models: unknown model(s) {unknown}")
         if self.auth.dev_tenant is not None and self.auth.dev_tenant not in tenant_ids:
             raise ValueError(f"auth.dev_tenant {self.auth.dev_tenant!r} is not in tenants")
         if self.auth.enabled and not self.tenants:

@@ -36,10 +36,6 @@ def day_key(prefix: str, day: str, chain: str, segment_no: int) -> str:
     return f"{prefix.strip('/')}/{day}/{chain}/{segment_no:010d}{SUFFIX}"
 
 
-def day_prefix(prefix: str, day: datetime) -> str:
-    return f"{prefix.strip('/')}/{day.strftime('%Y/%m/%d')}/"
-
-
 def parse_key(key: str) -> tuple[str, str, int] | None:
     """(day "YYYY/MM/DD", chain, segment number) of a segment key; None for anything else."""
     parts = key.rsplit("/", 5)
@@ -58,7 +54,6 @@ class ObjectStore(Protocol):
     def get(self, key: str) -> bytes: ...
     def get_if_exists(self, key: str) -> bytes | None: ...
     def list(self, prefix: str) -> Iterator[str]: ...
-    def delete(self, key: str) -> None: ...
 
 
 class DirectoryStore:
@@ -91,9 +86,6 @@ class DirectoryStore:
             return iter(())
         return iter(sorted(str(p.relative_to(self.root)) for p in base.rglob("*")
                            if p.is_file() and p.suffix != ".tmp"))
-
-    def delete(self, key: str) -> None:
-        (self.root / key).unlink()
 
 
 class S3Store:
@@ -140,9 +132,6 @@ class S3Store:
         for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 yield obj["Key"]
-
-    def delete(self, key: str) -> None:
-        self._s3.delete_object(Bucket=self.bucket, Key=key)
 
 
 def object_store(sink: S3Sink | DirectorySink, keys: object = None) -> ObjectStore:
