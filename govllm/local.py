@@ -34,8 +34,8 @@ from cluster.spec.schema import ClusterSpec
 from govllm import embedded_store, runtime_env
 from serving import serve_env
 from serving.app_args import AppArgs
+from serving.store import StoreKeyspace, sync_client
 from serving.tenancy.keystore import KeyAdmin, ensure_dev_key
-from serving.tenancy.store import StoreKeys, sync_client
 
 console = Console(stderr=True, highlight=False)
 
@@ -171,7 +171,7 @@ def _dev_key(spec: ClusterSpec, sdir: Path) -> tuple[Path | None, bool]:
     client = sync_client(settings)
     try:
         key_path = sdir / "dev-api-key"
-        created = ensure_dev_key(KeyAdmin(client, StoreKeys(settings.namespace)),
+        created = ensure_dev_key(KeyAdmin(client, StoreKeyspace(settings.namespace)),
                                  tenant=spec.auth.dev_tenant, key_path=key_path)
         return key_path, created
     finally:

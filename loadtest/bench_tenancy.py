@@ -39,10 +39,10 @@ from loadtest.llmload.metrics import percentile
 from serving.config import ServingConfig
 from serving.request import RequestContext
 from serving.router.pipeline import Authenticate, ParseRequest, ResolveModel
+from serving.store import StoreKeyspace, async_client, sync_client
 from serving.tenancy.keystore import KeyAdmin, KeyCache
 from serving.tenancy.policy import ConfidentialityPolicy
 from serving.tenancy.quota import QuotaLedger
-from serving.tenancy.store import StoreKeys, async_client, sync_client
 
 BODY = json.dumps({
     "model": "tiny-llama-ja", "stream": True, "max_tokens": 32,
@@ -100,7 +100,7 @@ def _percentiles(samples: list[float]) -> dict:
 
 
 async def _drive(cfg: ServingConfig, requests: int, api_key: str | None) -> dict:
-    keys = StoreKeys(cfg.store.namespace)
+    keys = StoreKeyspace(cfg.store.namespace)
     redis = async_client(cfg.store)
     # the bench never watches for key changes; its rounds must not count as a stale key copy
     cache = KeyCache(redis, keys, staleness_s=3600)
@@ -171,7 +171,7 @@ def run(requests: int) -> dict:
         redis_proc = embedded_store.start(state / "redis", port)
         try:
             full = _config(state, port, full=True)
-            admin = KeyAdmin(sync_client(full.store), StoreKeys(full.store.namespace))
+            admin = KeyAdmin(sync_client(full.store), StoreKeyspace(full.store.namespace))
             api_key, _ = admin.create("bench", "bench-user", "bench_tenancy")
             bare = _config(state, port, full=False)
             # alternate the two configurations so host drift lands on both

@@ -16,7 +16,7 @@ import typer
 
 from cluster.spec.schema import ClusterSpec
 from govllm.cli.common import SpecOption, load, write_output
-from serving.tenancy.store import StoreKeys, sync_client
+from serving.store import StoreKeyspace, sync_client
 
 keys_app = typer.Typer(help="Create, list, rotate and revoke tenants' API keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="Check and read the encrypted audit trail.", no_args_is_help=True)
@@ -37,7 +37,7 @@ def _store(spec: ClusterSpec):
         typer.echo(f"the shared store at {settings.url} is unreachable ({exc}); is `govllm serve` "
                    "running (embedded store) or the store URL right?", err=True)
         raise typer.Exit(1) from None
-    return client, StoreKeys(settings.namespace)
+    return client, StoreKeyspace(settings.namespace)
 
 
 def _admin(spec: ClusterSpec):
@@ -186,7 +186,7 @@ def _audit_inputs(cluster_spec: ClusterSpec):
     store = store_settings(cluster_spec)
     try:
         client = sync_client(store)
-        raw = client.hgetall(StoreKeys(store.namespace).audit_heads)
+        raw = client.hgetall(StoreKeyspace(store.namespace).audit_heads)
         heads = {k.decode(): json.loads(v) for k, v in raw.items()}
     except Exception as exc:
         typer.echo(f"warning: chain heads unavailable ({exc}); deleted chain tails cannot be detected",

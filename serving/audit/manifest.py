@@ -71,7 +71,7 @@ def _aad(chain: str) -> bytes:
     return f"{FORMAT}|{chain}".encode()
 
 
-def seal_manifest(keys: crypto.DataKeys, manifest: ChainManifest) -> bytes:
+def encrypt_manifest(keys: crypto.DataKeys, manifest: ChainManifest) -> bytes:
     """The manifest as stored: its data key wrapped, its content encrypted and authenticated."""
     data_key, wrapped = keys.new_data_key()
     plain = json.dumps(asdict(manifest), sort_keys=True).encode()
@@ -80,7 +80,7 @@ def seal_manifest(keys: crypto.DataKeys, manifest: ChainManifest) -> bytes:
                        "sealed": base64.b64encode(sealed).decode()}).encode()
 
 
-def open_manifest(keys: crypto.DataKeys, data: bytes, chain: str) -> ChainManifest:
+def decrypt_manifest(keys: crypto.DataKeys, data: bytes, chain: str) -> ChainManifest:
     """Decrypt and authenticate a stored manifest of `chain`; ManifestInvalid otherwise."""
     try:
         outer = json.loads(data)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from serving.audit import crypto, segment
-from serving.audit.manifest import ChainManifest, open_manifest, seal_manifest
+from serving.audit.manifest import ChainManifest, decrypt_manifest, encrypt_manifest
 from serving.audit.manifest import manifest_key as manifest_object_key
 from serving.audit.objectstore import ObjectStore, object_key, segment_day
 from serving.audit.spool import dead_chains, recover_abandoned
@@ -111,7 +111,7 @@ class Uploader:
     def _manifest(self, chain: str) -> ChainManifest:
         if chain not in self._manifests:
             data = self._store.get_if_exists(manifest_object_key(self._store.prefix, chain))
-            self._manifests[chain] = (open_manifest(self._keys, data, chain) if data is not None
+            self._manifests[chain] = (decrypt_manifest(self._keys, data, chain) if data is not None
                                       else ChainManifest(chain=chain))
         return self._manifests[chain]
 
@@ -137,7 +137,7 @@ class Uploader:
             updated = ChainManifest(**{**manifest.__dict__, "days": dict(manifest.days)})
             updated.add(segment_day(header.created), header.segment, head["last_seq"], head["last_digest"])
             self._store.put(manifest_object_key(self._store.prefix, header.chain),
-                            seal_manifest(self._keys, updated), {"chain": header.chain})
+                            encrypt_manifest(self._keys, updated), {"chain": header.chain})
             self._manifests[header.chain] = updated
             if self._on_uploaded is not None:
                 try:

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from cryptography.exceptions import InvalidTag
 
 from serving.audit import crypto, segment
-from serving.audit.manifest import ChainManifest, ManifestInvalid, manifest_prefix, open_manifest
+from serving.audit.manifest import ChainManifest, ManifestInvalid, decrypt_manifest, manifest_prefix
 from serving.audit.objectstore import TOKYO, ObjectStore, day_key, parse_key, segment_day
 from serving.audit.report import Problem, Report
 from serving.audit.segment import chain_created
@@ -221,7 +221,7 @@ class _Verifier:
             if "/" in chain or not key.endswith(".json") or (created is not None and created > self.hi):
                 continue
             try:
-                out[chain] = open_manifest(self.keys, self.store.get(key), chain)
+                out[chain] = decrypt_manifest(self.keys, self.store.get(key), chain)
             except ManifestInvalid as exc:
                 out[chain] = None
                 self.report.problem(chain, "tampered", str(exc), key)

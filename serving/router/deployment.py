@@ -29,11 +29,11 @@ from serving.router.app import RouterApp
 from serving.router.endpoints import EndpointTable
 from serving.router.feedback import FeedbackEndpoint
 from serving.router.pipeline import AccessLog, Authenticate
+from serving.store import StoreKeyspace, async_client, sync_client
 from serving.tenancy.keystore import KeyCache
 from serving.tenancy.oidc import OIDCVerifier
 from serving.tenancy.policy import ConfidentialityPolicy
 from serving.tenancy.quota import QuotaLedger
-from serving.tenancy.store import StoreKeys, async_client, sync_client
 from serving.vendor.contract import ContractLimiter
 
 logger = logging.getLogger("govllm.router")
@@ -50,7 +50,7 @@ class Router:
         self._config = cfg
         self._registry = registry
         metrics = RouterMetrics()
-        keys = StoreKeys(cfg.store.namespace)
+        keys = StoreKeyspace(cfg.store.namespace)
         self._redis = async_client(cfg.store)
         self._key_cache = KeyCache(self._redis, keys, staleness_s=cfg.auth.key_staleness_s)
         try:

@@ -23,7 +23,7 @@ from serving.audit.record import feedback_record
 from serving.request import APIError, RequestContext
 from serving.router.json_body import parse_object
 from serving.router.schema import validate_model
-from serving.tenancy.store import StoreKeys
+from serving.store import StoreKeyspace
 
 MAX_COMMENT = 2000
 
@@ -55,7 +55,7 @@ def _store_down() -> APIError:
 class FeedbackEndpoint:
     """The /v1/feedback handler: needs an authenticated ctx (principal and tenant set)."""
 
-    def __init__(self, client, keys: StoreKeys, *, audit=None, metrics=None):
+    def __init__(self, client, keys: StoreKeyspace, *, audit=None, metrics=None):
         self._r = client
         self._k = keys
         self._claim = client.register_script(_CLAIM)

@@ -27,9 +27,9 @@ import logging
 import time
 from collections.abc import Callable
 
-from serving.keys import KeyRecord, issue_key, split_key, verify
+from serving.api_keys import KeyRecord, issue_key, split_key, verify
 from serving.request import Principal
-from serving.tenancy.store import KEYS_VERSION_FIELD, StoreKeys
+from serving.store import KEYS_VERSION_FIELD, StoreKeyspace
 
 logger = logging.getLogger("govllm.keys")
 
@@ -79,7 +79,7 @@ def parse_records(raw: dict, *, reported: set[str] | None = None) -> tuple[dict[
 class KeyAdmin:
     """Key management for `govllm keys` (synchronous client, single Redis or cluster)."""
 
-    def __init__(self, client, keys: StoreKeys):
+    def __init__(self, client, keys: StoreKeyspace):
         self._r = client
         self._k = keys
 
@@ -144,7 +144,7 @@ class KeyCache:
     change counter is read, and bounds every store read of the cache.
     """
 
-    def __init__(self, client, keys: StoreKeys, *, reload_s: float = 30.0, staleness_s: float = 5.0,
+    def __init__(self, client, keys: StoreKeyspace, *, reload_s: float = 30.0, staleness_s: float = 5.0,
                  confirm_s: float = 1.0, clock: Callable[[], float] = time.monotonic):
         self._r = client
         self._k = keys
@@ -244,7 +244,7 @@ def ensure_dev_key(admin: KeyAdmin, *, tenant: str, key_path) -> bool:
     """
     from pathlib import Path
 
-    from serving.keys import write_private
+    from serving.api_keys import write_private
 
     key_path = Path(key_path)
     if key_path.is_file():

@@ -42,8 +42,8 @@ from zoneinfo import ZoneInfo
 
 from serving.config import ServingConfig
 from serving.request import APIError, RequestContext
+from serving.store import StoreKeyspace
 from serving.tenancy.reservation import reservation_for
-from serving.tenancy.store import StoreKeys
 
 __all__ = ["QuotaLedger", "month_of", "rate_limit_headers", "reservation_for", "seconds_to_next_month"]
 
@@ -157,7 +157,7 @@ class QuotaLedger:
     months and dates reservations; tests pass a fixed one instead of waiting for minutes.
     """
 
-    def __init__(self, config: ServingConfig, client, keys: StoreKeys, *, metrics=None,
+    def __init__(self, config: ServingConfig, client, keys: StoreKeyspace, *, metrics=None,
                  clock: Callable[[], float] = time.time):
         self._r = client
         self._k = keys

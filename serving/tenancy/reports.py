@@ -13,7 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from serving.config import TenantSettings
-from serving.tenancy.store import StoreKeys
+from serving.store import StoreKeyspace
 from serving.vendor.config import Price
 
 USAGE_TYPE_LABELS = {
@@ -33,7 +33,7 @@ def _ints(raw: dict) -> dict[str, int]:
     return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
 
-def usage(client, keys: StoreKeys, tenant: str, month: str,
+def usage(client, keys: StoreKeyspace, tenant: str, month: str,
           prices: dict[str, Price] | None = None) -> dict[str, Any]:
     """The month's ledger of one tenant; with `prices` (model id -> Price) also cost in yen.
 
@@ -93,7 +93,7 @@ def periodic_report(report: dict[str, Any], tenant: TenantSettings | None) -> di
     }
 
 
-def feedback_summary(client, keys: StoreKeys, model_ids: list[str]) -> list[dict[str, Any]]:
+def feedback_summary(client, keys: StoreKeyspace, model_ids: list[str]) -> list[dict[str, Any]]:
     rows = []
     for model in model_ids:
         counts = _ints(client.hgetall(keys.feedback(model)))

@@ -21,7 +21,7 @@ from cluster.render.serve_config import audit_settings, store_settings
 from cluster.spec.schema import DEFAULT_SPEC_PATH, load_spec
 from govllm.cli.main import app
 from serving.audit.trail import AuditTrail, redis_heads
-from serving.tenancy.store import StoreKeys, sync_client
+from serving.store import StoreKeyspace, sync_client
 from tests.servers import start_redis
 from tests.unit.test_audit_trail import SECRET, answered, make_ctx
 
@@ -40,7 +40,7 @@ def deployment(tmp_path):
     spec, _ = load_spec(spec_path)
     store = store_settings(spec)
     trail = AuditTrail(audit_settings(spec), app=spec.name, chain_hint="cli",
-                       heads=redis_heads(sync_client(store), StoreKeys(store.namespace).audit_heads))
+                       heads=redis_heads(sync_client(store), StoreKeyspace(store.namespace).audit_heads))
 
     async def traffic():
         for rid, tenant in (("ok-1", "city-a"), ("ok-2", "city-b")):

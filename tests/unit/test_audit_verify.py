@@ -22,7 +22,7 @@ import pytest
 
 from serving.audit import segment
 from serving.audit.crypto import LocalKeyFileKeys
-from serving.audit.manifest import manifest_key, open_manifest
+from serving.audit.manifest import decrypt_manifest, manifest_key
 from serving.audit.objectstore import TOKYO, DirectoryStore
 from serving.audit.record import capture_begin, capture_end
 from serving.audit.spool import AuditSpool, recover_abandoned
@@ -124,7 +124,7 @@ def chain(tmp_path):
 def test_an_intact_chain_verifies_and_has_a_manifest(chain):
     report, records = chain.verify()
     assert report.status == "ok" and report.records == 14 and report.objects == 4, report.as_dict()
-    manifest = open_manifest(chain.keys, chain.manifest_path().read_bytes(), chain.chain)
+    manifest = decrypt_manifest(chain.keys, chain.manifest_path().read_bytes(), chain.chain)
     assert (manifest.last_segment, manifest.last_seq) == (3, 13)
     assert manifest.last_digest == segment.digest(segment.canonical(records[-1]))
     assert b"req-" not in chain.manifest_path().read_bytes()  # encrypted like the segments
@@ -266,7 +266,7 @@ def test_heads_of_a_recovered_chain_carry_the_real_digest(tmp_path, redis):
     report, records = walk(store, keys, *day_range(0, 0), heads=heads_of(redis))
     assert report.ok, report.as_dict()
     assert head["last_seq"] == 3 and head["last_digest"] == segment.digest(segment.canonical(records[-1]))
-    manifest = open_manifest(keys, (Path(store.root) / manifest_key(store.prefix, chain)).read_bytes(), chain)
+    manifest = decrypt_manifest(keys, (Path(store.root) / manifest_key(store.prefix, chain)).read_bytes(), chain)
     assert manifest.last_digest == head["last_digest"]
 
 

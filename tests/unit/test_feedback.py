@@ -25,9 +25,9 @@ from serving.config import (
 )
 from serving.request import APIError, Principal, RequestContext
 from serving.router.feedback import FeedbackEndpoint
+from serving.store import StoreKeyspace, async_client, sync_client
 from serving.tenancy.quota import QuotaLedger
 from serving.tenancy.reports import feedback_summary
-from serving.tenancy.store import StoreKeys, async_client, sync_client
 from tests.servers import paused
 
 MODEL = ModelRoute(id="m", max_model_len=1000)
@@ -58,12 +58,12 @@ def audit_records(tmp_path) -> list[dict]:
 
 
 def endpoint(cfg: ServingConfig, audit=None) -> FeedbackEndpoint:
-    return FeedbackEndpoint(async_client(cfg.store), StoreKeys(cfg.store.namespace), audit=audit)
+    return FeedbackEndpoint(async_client(cfg.store), StoreKeyspace(cfg.store.namespace), audit=audit)
 
 
 async def answered(cfg: ServingConfig, tenant: TenantSettings, *, model: ModelRoute | None = MODEL) -> str:
     """Settle a request of `tenant` as the router does when it ends; returns its request id."""
-    ledger = QuotaLedger(cfg, async_client(cfg.store), StoreKeys(cfg.store.namespace))
+    ledger = QuotaLedger(cfg, async_client(cfg.store), StoreKeyspace(cfg.store.namespace))
     c = RequestContext(request_id=uuid.uuid4().hex, operation="chat", scope={"headers": []})
     c.tenant, c.model, c.usage = tenant, model, {"prompt_tokens": 3, "completion_tokens": 4}
     await ledger.settle(c)
@@ -84,7 +84,7 @@ async def rate(ep: FeedbackEndpoint, tenant: TenantSettings, user: str, request_
 
 
 def counts(cfg: ServingConfig) -> dict:
-    (row,) = feedback_summary(sync_client(cfg.store), StoreKeys(cfg.store.namespace), ["m"])
+    (row,) = feedback_summary(sync_client(cfg.store), StoreKeyspace(cfg.store.namespace), ["m"])
     return row
 
 

@@ -11,16 +11,16 @@ import time
 
 import pytest
 
-from serving.keys import KeyRecord, issue_key, split_key, verify
+from serving.api_keys import KeyRecord, issue_key, split_key, verify
+from serving.store import KEYS_VERSION_FIELD, StoreKeyspace, async_client, sync_client
 from serving.tenancy.keystore import KeyAdmin, KeyCache, KeysUnconfirmed, ensure_dev_key
-from serving.tenancy.store import KEYS_VERSION_FIELD, StoreKeys, async_client, sync_client
 from tests.servers import paused
 
 
 @pytest.fixture
 def store(store_server):
     settings = store_server.settings(f"k{time.time_ns()}")
-    return settings, StoreKeys(settings.namespace)
+    return settings, StoreKeyspace(settings.namespace)
 
 
 async def until(predicate, limit_s: float) -> float:

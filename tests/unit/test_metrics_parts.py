@@ -34,8 +34,8 @@ from serving.observability.metrics.spool_backlog import scan
 from serving.request import Principal, RequestContext
 from serving.router.admission import Admission
 from serving.router.endpoints import EndpointTable
+from serving.store import StoreKeyspace, async_client
 from serving.tenancy.quota import QuotaLedger
-from serving.tenancy.store import StoreKeys, async_client
 
 SERVING = Path(__file__).resolve().parents[2] / "serving"
 MODEL = ModelRoute(id="m", max_model_len=1000)
@@ -203,7 +203,7 @@ async def _append(spool: AuditSpool, n: int) -> None:
 # -- budget standing (real Redis, real Redis Cluster) -----------------------------------------------------
 def test_standing_counts_settled_tokens_and_open_reservations(store_server):
     cfg = ServingConfig(models=(MODEL,), tenants=(CITY, FREE), store=store_server.settings(f"m{time.time_ns()}"))
-    keys = StoreKeys(cfg.store.namespace)
+    keys = StoreKeyspace(cfg.store.namespace)
 
     async def go():
         client = async_client(cfg.store)
@@ -232,4 +232,4 @@ def test_standing_of_an_unreachable_store_raises():
     cfg = ServingConfig(models=(MODEL,), tenants=(CITY,))
     settings = cfg.store.model_copy(update={"url": "redis://127.0.0.1:1/0", "timeout_s": 0.5})
     with pytest.raises(redis.exceptions.ConnectionError):
-        asyncio.run(read_standing(async_client(settings), StoreKeys("x"), [CITY], time.time()))
+        asyncio.run(read_standing(async_client(settings), StoreKeyspace("x"), [CITY], time.time()))

@@ -9,9 +9,9 @@ import uuid
 
 from serving.config import ModelRoute, ServingConfig, TenantLimits, TenantSettings
 from serving.request import APIError, RequestContext
+from serving.store import StoreKeyspace, async_client, sync_client
 from serving.tenancy.quota import QuotaLedger, month_of, reservation_for, seconds_to_next_month
 from serving.tenancy.reports import usage
-from serving.tenancy.store import StoreKeys, async_client, sync_client
 from tests.servers import paused
 
 MODEL = ModelRoute(id="m", max_model_len=1000)
@@ -50,7 +50,7 @@ def answered(c: RequestContext, prompt: int, completion: int) -> RequestContext:
 
 
 def ledgers(cfg: ServingConfig, clock: Clock, n: int = 1) -> list[QuotaLedger]:
-    keys = StoreKeys(cfg.store.namespace)
+    keys = StoreKeyspace(cfg.store.namespace)
     return [QuotaLedger(cfg, async_client(cfg.store), keys, clock=clock) for _ in range(n)]
 
 
@@ -63,7 +63,7 @@ async def admitted(ledger: QuotaLedger, c: RequestContext) -> APIError | None:
 
 
 def report(cfg: ServingConfig, clock: Clock) -> dict:
-    return usage(sync_client(cfg.store), StoreKeys(cfg.store.namespace), "city", month_of(clock()))
+    return usage(sync_client(cfg.store), StoreKeyspace(cfg.store.namespace), "city", month_of(clock()))
 
 
 def test_requests_per_minute_exact_across_two_replicas(store_server):

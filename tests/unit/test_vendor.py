@@ -14,8 +14,8 @@ from cluster.spec.schema import parse_spec
 from serving.config import ModelRoute
 from serving.router.endpoints import EndpointTable
 from serving.router.metering import StreamMeter
+from serving.store import StoreKeyspace, async_client, sync_client
 from serving.tenancy.reports import usage
-from serving.tenancy.store import StoreKeys, async_client, sync_client
 from serving.vendor.config import Price, VendorEndpoint, VendorLimits, safe_url
 from serving.vendor.contract import ContractLimiter, ContractRefused
 from serving.vendor.link import VendorLink, estimate_usage, prompt_chars
@@ -197,7 +197,7 @@ def test_usage_report_prices_each_model():
                     b"model|vendor|requests": b"2", b"model|local|prompt_tokens": b"400",
                     b"model|local|completion_tokens": b"100", b"model|local|requests": b"1"}
 
-    report = usage(Ledger(), StoreKeys("t"), "city", "2026-12",
+    report = usage(Ledger(), StoreKeyspace("t"), "city", "2026-12",
                    {"vendor": Price(input_yen_per_million=100, output_yen_per_million=400)})
     assert report["models"]["vendor"]["cost_yen"] == 0.4
     assert report["models"]["local"]["cost_yen"] is None
@@ -215,7 +215,7 @@ class Clock:
 def limiters(server, limits: VendorLimits, n: int = 2, timeout_s: float = 2.0):
     settings = server.settings(f"v{time.time_ns()}", timeout_s=timeout_s)
     clock = Clock()
-    keys = StoreKeys(settings.namespace)
+    keys = StoreKeyspace(settings.namespace)
     return [ContractLimiter("plamo", limits, async_client(settings), keys, timeout_s=timeout_s, clock=clock)
             for _ in range(n)], clock, settings
 

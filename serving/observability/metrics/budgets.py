@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from serving.config import TenantSettings
+from serving.store import StoreKeyspace
 from serving.tenancy.quota import month_of
-from serving.tenancy.store import StoreKeys
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def budgeted(tenants: Sequence[TenantSettings]) -> list[TenantSettings]:
     return [t for t in tenants if t.limits.monthly_token_budget]
 
 
-async def read_standing(client: Any, keys: StoreKeys, tenants: Sequence[TenantSettings],
+async def read_standing(client: Any, keys: StoreKeyspace, tenants: Sequence[TenantSettings],
                         now: float) -> list[Standing]:
     """One pipeline (no transaction: a Redis Cluster splits it per node) for every tenant given.
 

@@ -27,7 +27,7 @@ from serving.config import TenantSettings
 from serving.observability.metrics.budgets import budgeted, read_standing
 from serving.observability.metrics.recorder import RouterMetrics
 from serving.observability.metrics.spool_backlog import scan
-from serving.tenancy.store import StoreKeys
+from serving.store import StoreKeyspace
 
 logger = logging.getLogger("govllm.metrics")
 
@@ -39,7 +39,7 @@ _LIMITS = ("requests_per_minute", "tokens_per_minute", "monthly_token_budget")
 
 class MetricsSampler:
     def __init__(self, metrics: RouterMetrics, *, router: str, admission: Any, table: Any,
-                 dispatcher: Any, ledger: Any = None, store: Any = None, keys: StoreKeys | None = None,
+                 dispatcher: Any, ledger: Any = None, store: Any = None, keys: StoreKeyspace | None = None,
                  tenants: Sequence[TenantSettings] = (), audit: Any = None,
                  clock: Callable[[], float] = time.time):
         self._m = metrics

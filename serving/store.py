@@ -27,7 +27,7 @@ from serving.config import StoreSettings
 KEYS_VERSION_FIELD = "#version"
 
 
-class StoreKeys:
+class StoreKeyspace:
     """Names of the store's keys; the one place that spells them."""
 
     def __init__(self, namespace: str):
