@@ -3,12 +3,14 @@
 The end-to-end benchmark (bench_stacks) compares the router with and without
 these steps, but on a 2-core host its per-round TTFT differences swing by
 several milliseconds either way, far more than the steps cost. This harness
-times the router's real request-path code instead: the same step objects the
-router deployment assembles (API-key check against the key cache, request
-parsing, model resolution, confidentiality policy, quota admission in the
-shared Redis over loopback, the audit begin record made durable), then the
-audit end record (encrypted, fsynced spool record) and the quota settlement,
-for a full and a bare configuration.
+times the router's real request-path code instead: the steps, audit trail and
+finishers that `build_request_path` (serving/router/request_path.py) gives the
+router deployment too (API-key check against the key cache, request parsing,
+model resolution, confidentiality policy, PII guard where configured, quota
+admission in the shared Redis over loopback, the audit begin record made
+durable), then the audit end record (encrypted, fsynced spool record) and the
+finishers (quota settlement, access log), for a full and a bare configuration
+(bare: authentication, limits and audit off, so those steps pass through).
 
 What the steps add to TTFT is the difference of the pre-dispatch time (full
 minus bare): the router forwards the request only after its steps ran and its
@@ -38,11 +40,9 @@ from loadtest.bench_stacks import apply_profile
 from loadtest.llmload.metrics import percentile
 from serving.config import ServingConfig
 from serving.request import RequestContext
-from serving.router.pipeline import Authenticate, ParseRequest, ResolveModel
+from serving.router.request_path import build_request_path
 from serving.store import StoreKeyspace, async_client, sync_client
-from serving.tenancy.keystore import KeyAdmin, KeyCache
-from serving.tenancy.policy import ConfidentialityPolicy
-from serving.tenancy.quota import QuotaLedger
+from serving.tenancy.keystore import KeyAdmin
 
 BODY = json.dumps({
     "model": "tiny-llama-ja", "stream": True, "max_tokens": 32,
@@ -102,19 +102,11 @@ def _percentiles(samples: list[float]) -> dict:
 async def _drive(cfg: ServingConfig, requests: int, api_key: str | None) -> dict:
     keys = StoreKeyspace(cfg.store.namespace)
     redis = async_client(cfg.store)
-    # the bench never watches for key changes; its rounds must not count as a stale key copy
-    cache = KeyCache(redis, keys, staleness_s=3600)
-    await cache.load()
-    quota = QuotaLedger(cfg, redis, keys)
-    steps = [Authenticate(cfg, keys=cache), ParseRequest(), ResolveModel(cfg)]
-    trail = None
-    if cfg.auth.enabled:
-        steps += [ConfidentialityPolicy(), quota]
-        if cfg.audit is not None:
-            from serving.audit.trail import AuditTrail, redis_heads
-
-            trail = AuditTrail(cfg.audit, app=cfg.app_name, chain_hint="bench",
-                               heads=redis_heads(sync_client(cfg.store), keys.audit_heads))
+    # the router's own request path (serving/router/request_path.py); the bench never watches
+    # for key changes, so its rounds must not count as a stale key copy
+    path = build_request_path(cfg, redis, keys, chain_hint="bench", key_staleness_s=3600)
+    await path.key_cache.load()
+    steps, trail = path.steps, path.audit
     headers = [(b"content-type", b"application/json")]
     if api_key:
         headers.append((b"authorization", f"Bearer {api_key}".encode()))
@@ -147,8 +139,8 @@ async def _drive(cfg: ServingConfig, requests: int, api_key: str | None) -> dict
             if trail is not None:
                 await trail.end(ctx)
             t2 = time.perf_counter()
-            if cfg.auth.enabled:
-                await quota.settle(ctx)
+            for finish in path.finishers:  # settlement (a Redis round trip with a tenant), access log
+                await finish(ctx)
             t3 = time.perf_counter()
             if i >= 50:  # the first requests warm caches and connections
                 before.append(1e6 * (t1 - t0))
@@ -160,7 +152,8 @@ async def _drive(cfg: ServingConfig, requests: int, api_key: str | None) -> dict
         await redis.aclose()
     return {"pre_dispatch": _percentiles(before), "audit_end": _percentiles(end),
             "settle": _percentiles(after),
-            "steps": {name: round(statistics.median(v), 1) for name, v in per_step.items()}}
+            "steps": {name: round(statistics.median(v), 1) for name, v in per_step.items()},
+            "router_steps": [type(step).__name__ for step in steps]}
 
 
 def run(requests: int) -> dict:
@@ -193,6 +186,7 @@ def run(requests: int) -> dict:
         "audit_begin_p50_us": statistics.median(r["steps"]["AuditBegin"] for r in rounds["full"]),
         "audit_end_p50_us": med("full", "audit_end"),
         "settle_p50_us": med("full", "settle"),
+        "router_steps": rounds["full"][0]["router_steps"],
         "full_steps_p50_us": {name: statistics.median(r["steps"][name] for r in rounds["full"])
                               for name in rounds["full"][0]["steps"]},
         "full_p99_us": {part: statistics.median(r[part]["p99_us"] for r in rounds["full"])

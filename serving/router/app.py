@@ -44,7 +44,7 @@ from serving.router.dispatch import Dispatcher
 from serving.router.endpoints import EndpointTable
 from serving.router.openapi import PATHS as OPENAPI_PATHS
 from serving.router.openapi import send_openapi
-from serving.router.pipeline import AccessLog, ParseRequest, ResolveModel
+from serving.router.request_path import RequestPath
 from serving.vendor.link import VendorLink
 
 logger = logging.getLogger("govllm.router")
@@ -62,8 +62,9 @@ _JSON_TYPES = frozenset({b"application/json"})
 class RouterApp:
     """ASGI callable; one instance per router replica.
 
-    `extra_steps` run after the model is resolved (confidentiality policy, quota
-    admission); `audit` (serving/audit/trail.py) makes the begin record durable
+    `path` (serving/router/request_path.py) holds the steps (authentication first,
+    then parsing, model resolution, confidentiality policy, PII guard, quota
+    admission), the feedback endpoint and the audit trail: `audit` (serving/audit/trail.py) makes the begin record durable
     before a prompt is dispatched and the end record before the last bytes of
     the response (refusals get one complete record); `finishers` run after
     every request (settlement, access log) and never delay the response.
@@ -79,12 +80,7 @@ class RouterApp:
         config: ServingConfig,
         *,
         table: EndpointTable,
-        authenticate: Step,
-        finishers: list[Finisher] | None = None,
-        extra_steps: list[Step] | None = None,
-        audit: Any = None,
-        feedback=None,
-        quota=None,
+        path: RequestPath,
         data_plane_token: str | None = None,
         contracts: dict | None = None,
         tracer=None,
@@ -94,6 +90,7 @@ class RouterApp:
         for model in config.models:
             if model.endpoint is not None:
                 table.add_vendor(VendorLink(model.id, model.endpoint))
+        audit = path.audit
         self._audit = audit
         table.eject_s = config.router.replica_eject_s
         self.admission = Admission(config.models, config.router, table)
@@ -106,21 +103,16 @@ class RouterApp:
             table, config.router, self.admission, data_plane_token=token,
             before_dispatch=begin, before_end=end, contracts=contracts, tracer=tracer,
         )
-        self._authenticate = authenticate
-        self._feedback = feedback
-        self.generation_steps: list[Step] = [
-            authenticate,
-            ParseRequest(),
-            ResolveModel(config),
-            *(extra_steps or []),
-        ]
+        self._authenticate = path.authenticate
+        self._feedback = path.feedback
+        self.generation_steps: list[Step] = list(path.steps)
         self._tracer = tracer  # None: tracing off, and nothing below is wrapped
         self._forward = self.dispatcher.forward
         if tracer is not None:
             self.generation_steps = tracer.steps(self.generation_steps)
             self._forward = tracer.dispatch(self.dispatcher.forward)
-        self.finishers: list[Finisher] = finishers if finishers is not None else [AccessLog()]
-        self.quota = quota  # /readyz reports the shared store's state
+        self.finishers: list[Finisher] = list(path.finishers)
+        self.quota = path.quota  # /readyz reports the shared store's state
         self._created = int(time.time())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

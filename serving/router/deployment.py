@@ -24,16 +24,10 @@ from ray import serve
 from serving.config import ServingConfig
 from serving.logs import attach_to_serve_logs
 from serving.observability.metrics import MetricsSampler, RouterMetrics
-from serving.pii.step import PIIGuard
 from serving.router.app import RouterApp
 from serving.router.endpoints import EndpointTable
-from serving.router.feedback import FeedbackEndpoint
-from serving.router.pipeline import AccessLog, Authenticate
-from serving.store import StoreKeyspace, async_client, sync_client
-from serving.tenancy.keystore import KeyCache
-from serving.tenancy.oidc import OIDCVerifier
-from serving.tenancy.policy import ConfidentialityPolicy
-from serving.tenancy.quota import QuotaLedger
+from serving.router.request_path import build_request_path
+from serving.store import StoreKeyspace, async_client
 from serving.vendor.contract import ContractLimiter
 
 logger = logging.getLogger("govllm.router")
@@ -42,9 +36,9 @@ logger = logging.getLogger("govllm.router")
 @serve.ingress()
 class Router:
     async def __init__(self, config: dict, registry, models: dict | None = None) -> None:
-        # `models` (handles to the LLM deployments) makes Serve deploy them as part of this
-        # application; requests never use them, the data plane is HTTP.
-        self._model_handles = models or {}
+        # `models` (handles to the LLM deployments) is bound so that Serve deploys them as part
+        # of this application; requests never use them (the data plane is HTTP).
+        del models
         attach_to_serve_logs()  # the access log and govllm's warnings in this replica's Serve log
         cfg = ServingConfig.model_validate(config)
         self._config = cfg
@@ -52,22 +46,13 @@ class Router:
         metrics = RouterMetrics()
         keys = StoreKeyspace(cfg.store.namespace)
         self._redis = async_client(cfg.store)
-        self._key_cache = KeyCache(self._redis, keys, staleness_s=cfg.auth.key_staleness_s)
+        self._replica_id = serve.get_replica_context().replica_id.unique_id
+        path = build_request_path(cfg, self._redis, keys, chain_hint=self._replica_id, metrics=metrics)
+        self._key_cache, oidc, quota, self._audit = path.key_cache, path.oidc, path.quota, path.audit
         try:
             await self._key_cache.load()
         except Exception as exc:  # the watcher keeps trying; until then no key is accepted
             logger.warning("shared store unreachable at start (%s): API keys load when it answers", exc)
-        oidc = OIDCVerifier(cfg.auth.oidc) if cfg.auth.oidc else None
-        quota = QuotaLedger(cfg, self._redis, keys, metrics=metrics)
-        self._replica_id = serve.get_replica_context().replica_id.unique_id
-        self._audit = None
-        if cfg.audit is not None:
-            from serving.audit.trail import AuditTrail, redis_heads
-
-            self._audit = AuditTrail(
-                cfg.audit, app=cfg.app_name, chain_hint=self._replica_id,
-                heads=redis_heads(sync_client(cfg.store), keys.audit_heads), metrics=metrics,
-            )
         token = os.environ.get(cfg.router.data_plane_token_env)
         if not token:
             raise RuntimeError(
@@ -83,12 +68,7 @@ class Router:
         self._app = RouterApp(
             cfg,
             table=EndpointTable(),
-            authenticate=Authenticate(cfg, keys=self._key_cache, oidc=oidc),
-            extra_steps=[ConfidentialityPolicy(), *PIIGuard.for_config(cfg, metrics), quota],
-            audit=self._audit,
-            finishers=[quota.settle, metrics.finished, AccessLog()],
-            feedback=FeedbackEndpoint(self._redis, keys, audit=self._audit, metrics=metrics),
-            quota=quota,
+            path=path,
             data_plane_token=token,
             tracer=self._tracer,
             contracts={m.id: ContractLimiter(m.id, m.endpoint.limits, self._redis, keys,
