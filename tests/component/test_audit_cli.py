@@ -23,7 +23,7 @@ from govllm.cli.main import app
 from serving.audit.trail import AuditTrail, redis_heads
 from serving.store import StoreKeyspace, sync_client
 from tests.servers import start_redis
-from tests.unit.test_audit_trail import SECRET, answered, make_ctx
+from tests.component.test_audit_trail import SECRET, answered, make_ctx
 
 runner = CliRunner()
 

@@ -1,6 +1,6 @@
 """The chart's vendor-hosted model endpoints (spec `models[].source.endpoint`, issue 12).
 
-Rendered like tests/unit/test_helm_chart.py does it: the real `govllm render helm-values` on
+Rendered like tests/component/test_helm_chart.py does it: the real `govllm render helm-values` on
 cluster/specs/gov-cloud-example.yaml (which declares two vendor APIs and one in-cluster
 engine) and the real `helm template`; the NetworkPolicies evaluated flow by flow with that
 module's evaluator. Checked: each vendor key comes from its existing Secret and its value
@@ -22,7 +22,7 @@ import yaml
 
 from cluster.render.helm_values import VENDOR_CA_DIR
 from cluster.spec.schema import load_spec
-from tests.unit.test_helm_chart import (
+from tests.component.test_helm_chart import (
     CHART,
     DATA_PLANE_SECRET,
     SITE,

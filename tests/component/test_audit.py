@@ -134,7 +134,7 @@ import asyncio, sys, time
 from pathlib import Path
 from serving.audit.crypto import LocalKeyFileKeys
 from serving.audit.spool import AuditSpool
-from tests.unit.test_audit import record
+from tests.component.test_audit import record
 spool = AuditSpool(Path(sys.argv[1]), LocalKeyFileKeys(Path(sys.argv[2])), app="t",
                    batch_max_records=100, batch_max_s=600)
 async def go():

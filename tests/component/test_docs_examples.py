@@ -17,7 +17,7 @@ import yaml
 
 from cluster.render.helm_values import helm_values, render_text
 from cluster.spec.schema import load_spec
-from tests.unit.test_helm_chart import (
+from tests.component.test_helm_chart import (
     KUBE_VERSIONS,
     NAMESPACE,
     SITE,

@@ -48,7 +48,7 @@ CRD = ROOT / "tests" / "data" / "kuberay" / "ray.io_rayservices.yaml"
 SHARED_CRD = ROOT.parent / "shared" / "k8s" / "crds" / "ray.io_rayservices.yaml"
 HELM = Path(sys.executable).parent / "helm"
 PROFILES = ["aws", "gcp", "azure", "oci", "sakura"]
-#: The example spec's vendor-hosted models (source.endpoint; tests/unit/test_helm_vendors.py).
+#: The example spec's vendor-hosted models (source.endpoint; tests/component/test_helm_vendors.py).
 VENDOR_MODELS = [m.id for m in load_spec(SPEC)[0].endpoints()]
 VARIANTS = ["default", *PROFILES]
 #: Kubernetes versions the chart supports (Chart.yaml kubeVersion >= 1.31).

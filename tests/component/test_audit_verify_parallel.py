@@ -12,9 +12,9 @@ from datetime import datetime, timedelta
 from serving.audit.objectstore import TOKYO
 from serving.audit.record import capture_begin, capture_end
 from serving.audit.verify import walk
-from tests.unit.test_audit_trail import answered, make_ctx
-from tests.unit.test_audit_verify import Archive, cut
-from tests.unit.test_weights import Recorder
+from tests.component.test_audit_trail import answered, make_ctx
+from tests.component.test_audit_verify import Archive, cut
+from tests.component.test_weights import Recorder
 
 
 def _ctx(rid: str):

@@ -25,7 +25,7 @@ from serving.audit.spool import AuditSpool
 from serving.audit.uploader import Uploader
 from serving.audit.verify import walk
 from serving.config import DirectorySink
-from tests.unit.test_audit_trail import SECRET, answered, make_ctx, today
+from tests.component.test_audit_trail import SECRET, answered, make_ctx, today
 
 
 def with_body(rid: str, raw: bytes, payload: dict, tenant: str = "bad-tenant"):
@@ -120,7 +120,7 @@ import asyncio, json, resource, signal, sys
 from pathlib import Path
 from serving.audit.crypto import LocalKeyFileKeys
 from serving.audit.spool import AuditSpool
-from tests.unit.test_audit import record
+from tests.component.test_audit import record
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
 keys = LocalKeyFileKeys(Path(sys.argv[2]))
 spool = AuditSpool(Path(sys.argv[1]), keys, app="t", batch_max_records=1000, batch_max_s=600)

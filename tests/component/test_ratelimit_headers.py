@@ -7,7 +7,7 @@ import asyncio
 
 from serving.request import APIError
 from serving.router.asgi import DEFAULT_RETRY_AFTER_S, send_error
-from tests.unit.test_quota import Clock, admitted, answered, config, ctx, ledgers
+from tests.component.test_quota import Clock, admitted, answered, config, ctx, ledgers
 
 
 def _h(pairs) -> dict[str, str]:

@@ -1,5 +1,5 @@
 """Tracing on Kubernetes: the example spec with a `tracing` section, rendered by
-`govllm render helm-values` and the real `helm` (tests/unit/test_helm_chart.py has the rest).
+`govllm render helm-values` and the real `helm` (tests/component/test_helm_chart.py has the rest).
 
 The endpoint travels in serveConfigV2 to routers and engines alike; the chart opens exactly
 the collector's port to the peers the operator names, and refuses to render a release whose
@@ -15,7 +15,7 @@ import yaml
 
 from cluster.render.helm_values import HelmValuesError, helm_values, render_text
 from cluster.spec.schema import load_spec
-from tests.unit.test_helm_chart import CHART, SITE, SPEC, helm, template
+from tests.component.test_helm_chart import CHART, SITE, SPEC, helm, template
 
 COLLECTOR = "http://otel-collector.monitoring.svc:4318/v1/traces"
 PEERS = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]

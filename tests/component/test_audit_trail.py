@@ -221,7 +221,7 @@ KILLED_ROUTER = """
 import asyncio, sys, time
 from pathlib import Path
 from serving.audit.trail import AuditTrail
-from tests.unit.test_audit_trail import answered, audit_settings, make_ctx
+from tests.component.test_audit_trail import answered, audit_settings, make_ctx
 trail = AuditTrail(audit_settings(Path(sys.argv[1])), app="t", chain_hint="doomed")
 async def go():
     finished = make_ctx("finished-1")

@@ -31,8 +31,8 @@ from serving.audit.uploader import Uploader
 from serving.audit.verify import walk
 from serving.config import DirectorySink
 from tests.servers import start_redis
-from tests.unit.test_audit import CRASHING_WRITER, record
-from tests.unit.test_audit_trail import answered, make_ctx
+from tests.component.test_audit import CRASHING_WRITER, record
+from tests.component.test_audit_trail import answered, make_ctx
 
 DAY = 86400.0
 
