@@ -4,7 +4,7 @@ Only this module talks to the API server (through the official `kubernetes` clie
 returns plain API JSON (dicts), and the checks in cluster/ops/preflight.py and
 cluster/ops/rayservice_status.py are pure functions over those dicts, so they are tested on
 canned API objects and, end to end, against a small fake API server on 127.0.0.1
-(tests/unit/test_kube_ops_fake_apiserver.py): no real API server can run on the machines
+(tests/component/test_kube_ops_fake_apiserver.py): no real API server can run on the machines
 this project is built on.
 """
 

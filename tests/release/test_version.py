@@ -41,7 +41,7 @@ def test_rendered_images_and_make_image_tag_agree(tmp_path):
     cluster_spec, spec_dir = load_spec(ROOT / "cluster/specs/gov-cloud-example.yaml")
     plan = tmp_path / "plan.yaml"
     plan.write_text(render_text(helm_values(cluster_spec, spec_dir, source="x"), source="x"))
-    from tests.unit.test_helm_chart import SITE  # what every install sets (operations.md)
+    from tests.component.test_helm_chart import SITE  # what every install sets (operations.md)
 
     proc = subprocess.run([str(HELM), "template", "x", str(CHART), "-f", str(plan), *SITE],
                           capture_output=True, text=True, timeout=60)
