@@ -46,6 +46,7 @@ from ray.serve.llm.deployment import LLMServer
 from serving.autoscaling import ONGOING_METRIC
 from serving.logs import attach_to_serve_logs
 from serving.model_kinds import OPERATION_PATHS
+from serving.observability.tracing.logs import quiet_export_logs
 from serving.registry import HEARTBEAT_S
 
 logger = logging.getLogger("govllm.llm_server")
@@ -173,6 +174,8 @@ class DataPlaneLLMServer(LLMServer):
         **kwargs,
     ):
         attach_to_serve_logs()  # govllm's records in this replica's Serve log
+        if llm_config.engine_kwargs.get("otlp_traces_endpoint"):  # vLLM exports its request spans
+            quiet_export_logs()  # one line a minute while the collector is down, not one per span
         token = os.environ.get(data_plane_token_env, "")
         if not token:  # refuse to start an open data plane
             raise RuntimeError(

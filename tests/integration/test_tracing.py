@@ -80,7 +80,8 @@ def test_a_streamed_chat_request_is_one_trace_from_caller_to_engine(client, stac
     assert attempt.kind == "CLIENT" and attempt.attributes["govllm.attempt.outcome"] == "streaming"
     assert engine.parent_span_id == attempt.span_id  # vLLM's span joined through traceparent
     assert engine.service == "govllm-engine" and engine.resource["govllm.model"] == MODEL
-    assert engine.attributes["gen_ai.request.id"] == headers["x-govllm-request-id"]
+    # vLLM's request id is its completion id, chatcmpl-<the router's request id>
+    assert engine.attributes["gen_ai.request.id"] == "chatcmpl-" + headers["x-govllm-request-id"]
     # each step lies inside its parent
     assert root.start_ns <= dispatch.start_ns <= attempt.start_ns and attempt.end_ns <= root.end_ns
 

@@ -20,8 +20,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from serving.config import ModelRoute, TenantSettings
 from serving.observability.tracing import names
 from serving.observability.tracing.config import TracingSettings
+from serving.observability.tracing.logs import RateLimitedLog
 from serving.observability.tracing.spans import (
-    RateLimitedLog,
     build_tracer,
     error_code,
     request_attributes,
@@ -330,6 +330,22 @@ def test_rate_limited_log_lets_one_record_through_per_interval():
     record = logging.LogRecord("x", logging.WARNING, __file__, 1, "Queue full, dropping", None, None)
     assert limit.filter(record) is True
     assert not any(limit.filter(record) for _ in range(100))
+
+
+def test_the_quieted_loggers_are_the_ones_that_log_export_failures():
+    import logging
+
+    from opentelemetry.exporter.otlp.proto.http import trace_exporter
+    from opentelemetry.sdk import _shared_internal
+
+    from serving.observability.tracing.logs import NOISY_LOGGERS, quiet_export_logs
+
+    # the processor's "Queue full, dropping Span." and the exporter's "Failed to export" loggers
+    assert set(NOISY_LOGGERS) == {_shared_internal._logger.name, trace_exporter._logger.name}
+    quiet_export_logs()
+    quiet_export_logs()
+    for name in NOISY_LOGGERS:
+        assert sum(isinstance(f, RateLimitedLog) for f in logging.getLogger(name).filters) == 1
 
 
 # --- settings ---------------------------------------------------------------------------------

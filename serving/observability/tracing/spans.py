@@ -21,9 +21,7 @@ processor's thread and drops spans (never waits) when its queue is full.
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +40,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from serving.observability.tracing.config import TracingSettings
 from serving.observability.tracing.engine import ROUTER_SERVICE
+from serving.observability.tracing.logs import quiet_export_logs
 from serving.observability.tracing.names import (
     ADMISSION_SPAN,
     ATTEMPTS,
@@ -331,31 +330,6 @@ def _failed(span: Span, exc: BaseException) -> None:
     span.set_status(Status(StatusCode.ERROR, code))
 
 
-class RateLimitedLog(logging.Filter):
-    """Lets one record through per `every_s` seconds per logger.
-
-    The batch processor logs a warning for every span it drops while the collector is down
-    and the exporter one error per failed batch; under load that would flood the replica's
-    log (and cost the request path the logging), when one line a minute says the same.
-    """
-
-    def __init__(self, every_s: float = 60.0):
-        super().__init__()
-        self._every_s = every_s
-        self._last = -every_s
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if now - self._last < self._every_s:
-            return False
-        self._last = now
-        return True
-
-
-_NOISY_LOGGERS = ("opentelemetry.sdk._shared_internal",
-                  "opentelemetry.exporter.otlp.proto.http.trace_exporter")
-
-
 def build_tracer(settings: TracingSettings, *, app: str, instance: str,
                  exporter: SpanExporter | None = None) -> RequestTracer:
     """The router replica's tracer: parent-based ratio sampling, batch export over OTLP/HTTP.
@@ -378,8 +352,5 @@ def build_tracer(settings: TracingSettings, *, app: str, instance: str,
         max_export_batch_size=settings.max_batch_spans,
         export_timeout_millis=settings.export_timeout_s * 1000,
     ))
-    for name in _NOISY_LOGGERS:
-        log = logging.getLogger(name)
-        if not any(isinstance(f, RateLimitedLog) for f in log.filters):
-            log.addFilter(RateLimitedLog())
+    quiet_export_logs()
     return RequestTracer(provider.get_tracer("govllm.router"), provider)
