@@ -27,8 +27,8 @@ import sys
 import time
 
 from serving.config import ModelRoute, ServingConfig, TenantSettings
+from serving.config.pii_entities import ENTITY_TYPES
 from serving.pii.detector import Detector
-from serving.pii.entities import ENTITY_TYPES
 from serving.pii.step import PIIGuard
 from serving.pii.stream import OutputFilter
 from serving.request import RequestContext

@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from serving.pii.entities import ENTITY_TYPES
+from serving.config.pii_entities import ENTITY_TYPES
 
 TESTSET = Path(__file__).resolve().parents[1] / "tests" / "data" / "pii" / "testset.jsonl"
 

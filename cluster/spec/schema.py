@@ -35,10 +35,10 @@ from serving.config import (
     TenantSettings,
     check_names,
 )
+from serving.config.tracing import TracingSettings
+from serving.config.vendor import Price, VendorEndpoint
 from serving.model_kinds import ModelKind
-from serving.observability.tracing.config import TracingSettings
 from serving.strict import StrictModel
-from serving.vendor.config import Price, VendorEndpoint
 
 #: Engine arguments govllm sets itself from dedicated spec fields; accepting them in
 #: `engine_kwargs` too would create a second source of truth.

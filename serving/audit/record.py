@@ -21,8 +21,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from serving.audit.assemble import assemble_body, assemble_stream
+from serving.config.vendor import safe_url
 from serving.texts import INPUT_FIELDS, recorded_input
-from serving.vendor.config import safe_url
 
 if TYPE_CHECKING:
     from serving.request import RequestContext

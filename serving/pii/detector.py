@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from serving.pii.entities import ENTITY_TYPES
+from serving.config.pii_entities import ENTITY_TYPES
 from serving.pii.normalize import Normalized, normalize
 from serving.pii.recognizers import RECOGNIZERS, Recognizer
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from serving.config.pii import STRICTNESS, PIIPolicy
+from serving.config.pii_entities import LABELS, placeholder
 from serving.pii.detector import Finding
-from serving.pii.entities import LABELS, placeholder
-from serving.pii.settings import STRICTNESS, PIIPolicy
 
 
 @dataclass

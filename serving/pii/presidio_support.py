@@ -24,8 +24,8 @@ from presidio_analyzer.nlp_engine import NoOpNlpEngine
 from presidio_anonymizer import AnonymizerEngine
 from presidio_anonymizer.entities import OperatorConfig
 
+from serving.config.pii_entities import LABELS
 from serving.pii.detector import Finding, resolve_overlaps
-from serving.pii.entities import LABELS
 from serving.pii.normalize import normalize
 from serving.pii.recognizers import RECOGNIZERS, Recognizer
 

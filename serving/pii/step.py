@@ -12,10 +12,10 @@ import json
 from typing import Any
 
 from serving.config import ServingConfig
+from serving.config.pii import PIIPolicy
+from serving.config.pii_entities import ENTITY_TYPES
 from serving.pii.detector import Detector, Finding
-from serving.pii.entities import ENTITY_TYPES
 from serving.pii.policy import Decision, decide, describe, mask_text, model_action
-from serving.pii.settings import PIIPolicy
 from serving.pii.stream import OutputFilter
 from serving.request import APIError, RequestContext
 from serving.texts import text_slots

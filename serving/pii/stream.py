@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import regex
 
+from serving.config.pii_entities import placeholder
 from serving.pii.detector import Detector
-from serving.pii.entities import placeholder
 
 _CONTEXT_CHARS = 32
 _EVENT_END = b"\n\n"

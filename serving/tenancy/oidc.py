@@ -1,7 +1,7 @@
 """OIDC bearer tokens: JWTs signed by the government identity provider.
 
 Only asymmetric algorithms are accepted and the signing keys (JWKS) only come
-over HTTPS (serving/tenancy/oidc_rules.py says why); a configuration that
+over HTTPS (serving/config/oidc_rules.py says why); a configuration that
 asks for less is refused when the verifier is built. `auth.oidc.ca_bundle`
 names the CAs to trust for a private PKI.
 
@@ -40,8 +40,8 @@ from typing import Any
 import jwt
 
 from serving.config import OIDCSettings
+from serving.config.oidc_rules import oidc_problems
 from serving.request import Principal
-from serving.tenancy.oidc_rules import oidc_problems
 
 logger = logging.getLogger("govllm.oidc")
 

@@ -13,8 +13,8 @@ from collections import defaultdict
 from typing import Any
 
 from serving.config import TenantSettings
+from serving.config.vendor import Price
 from serving.store import StoreKeyspace
-from serving.vendor.config import Price
 
 USAGE_TYPE_LABELS = {
     "general-1": "汎用1 general-purpose, direct prompting",

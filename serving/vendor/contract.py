@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from serving.vendor.config import VendorLimits
+from serving.config.vendor import VendorLimits
 
 logger = logging.getLogger("govllm.vendor")
 

@@ -16,8 +16,8 @@ import os
 import ssl
 from typing import Any
 
+from serving.config.vendor import VendorEndpoint, safe_url
 from serving.texts import text_slots
-from serving.vendor.config import VendorEndpoint, safe_url
 
 logger = logging.getLogger("govllm.vendor")
 

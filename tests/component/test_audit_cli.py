@@ -22,8 +22,8 @@ from cluster.spec.schema import DEFAULT_SPEC_PATH, load_spec
 from govllm.cli.main import app
 from serving.audit.trail import AuditTrail, redis_heads
 from serving.store import StoreKeyspace, sync_client
-from tests.servers import start_redis
 from tests.component.test_audit_trail import SECRET, answered, make_ctx
+from tests.servers import start_redis
 
 runner = CliRunner()
 

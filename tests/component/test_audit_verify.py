@@ -30,9 +30,9 @@ from serving.audit.trail import redis_heads
 from serving.audit.uploader import Uploader
 from serving.audit.verify import walk
 from serving.config import DirectorySink
-from tests.servers import start_redis
 from tests.component.test_audit import CRASHING_WRITER, record
 from tests.component.test_audit_trail import answered, make_ctx
+from tests.servers import start_redis
 
 DAY = 86400.0
 

@@ -11,7 +11,7 @@ import yaml
 from cluster.spec.schema import ClusterSpec
 from loadtest.bench_stacks import build_stacks, govllm_ratios
 from loadtest.otlp_sink import OTLPSink
-from serving.observability.tracing.config import TracingSettings
+from serving.config.tracing import TracingSettings
 from serving.observability.tracing.spans import build_tracer
 from serving.request import RequestContext
 

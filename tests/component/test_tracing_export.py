@@ -12,7 +12,7 @@ import asyncio
 
 import pytest
 
-from serving.observability.tracing.config import TracingSettings
+from serving.config.tracing import TracingSettings
 from serving.observability.tracing.spans import build_tracer
 from serving.request import RequestContext
 from tests.otlp_test_receiver import OTLPTestReceiver

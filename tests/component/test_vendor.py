@@ -12,11 +12,11 @@ from pydantic import ValidationError
 
 from cluster.spec.schema import parse_spec
 from serving.config import ModelRoute
+from serving.config.vendor import Price, VendorEndpoint, VendorLimits, safe_url
 from serving.router.endpoints import EndpointTable
 from serving.router.metering import StreamMeter
 from serving.store import StoreKeyspace, async_client, sync_client
 from serving.tenancy.reports import usage
-from serving.vendor.config import Price, VendorEndpoint, VendorLimits, safe_url
 from serving.vendor.contract import ContractLimiter, ContractRefused
 from serving.vendor.link import VendorLink, estimate_usage, prompt_chars
 from tests.servers import paused

@@ -9,6 +9,7 @@ import random
 import pytest
 
 from serving.config import ModelRoute, ServingConfig, TenantSettings
+from serving.config.pii import PIIPolicy
 from serving.pii.checkdigits import (
     corporate_number_check_digit,
     is_corporate_number,
@@ -18,7 +19,6 @@ from serving.pii.checkdigits import (
 )
 from serving.pii.detector import Detector
 from serving.pii.normalize import normalize
-from serving.pii.settings import PIIPolicy
 from serving.pii.step import PIIGuard
 from serving.pii.stream import OutputFilter
 from serving.request import APIError, RequestContext

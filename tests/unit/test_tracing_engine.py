@@ -16,8 +16,8 @@ import yaml
 from cluster.render.serve_config import app_args
 from cluster.spec.schema import DEFAULT_SPEC_PATH, ClusterSpec
 from serving.config import ServingConfig
+from serving.config.tracing import TracingSettings
 from serving.llm_server import DataPlaneGate
-from serving.observability.tracing.config import TracingSettings
 from serving.observability.tracing.engine import ENGINE_SERVICE, engine_tracing
 from serving.observability.tracing.names import TRACE_ID_HEADER
 from serving.router.openapi import document

@@ -18,8 +18,8 @@ from opentelemetry.semconv._incubating.attributes import gen_ai_attributes
 from opentelemetry.trace import SpanKind, StatusCode
 
 from serving.config import ModelRoute, TenantSettings
+from serving.config.tracing import TracingSettings
 from serving.observability.tracing import names
-from serving.observability.tracing.config import TracingSettings
 from serving.observability.tracing.logs import RateLimitedLog
 from serving.observability.tracing.spans import (
     build_tracer,

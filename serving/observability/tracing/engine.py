@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serving.observability.tracing.config import TracingSettings
+from serving.config.tracing import TracingSettings
 
 #: `service.name` of each side of a trace (OpenTelemetry resource attribute).
 ROUTER_SERVICE = "govllm-router"

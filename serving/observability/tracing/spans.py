@@ -38,7 +38,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, form
 from opentelemetry.trace.propagation import set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from serving.observability.tracing.config import TracingSettings
+from serving.config.tracing import TracingSettings
 from serving.observability.tracing.engine import ROUTER_SERVICE
 from serving.observability.tracing.logs import quiet_export_logs
 from serving.observability.tracing.names import (

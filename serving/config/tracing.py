@@ -11,19 +11,19 @@ from __future__ import annotations
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from serving.strict import StrictModel
 
 #: The OTLP/HTTP path of the traces signal (what a collector's otlp receiver serves on 4318).
 TRACES_PATH = "/v1/traces"
 
 
-class TracingSettings(BaseModel):
+class TracingSettings(StrictModel):
     """OpenTelemetry traces: where they go, how many requests are sampled, batching.
 
     Off by default; off costs one attribute test per request (docs/benchmarks.md).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     enabled: bool = Field(
         default=False,

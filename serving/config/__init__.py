@@ -13,11 +13,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from serving.config.pii import PIIPolicy
+from serving.config.tracing import TracingSettings
+from serving.config.vendor import Price, VendorEndpoint
 from serving.model_kinds import OPERATION_PATHS, ModelKind, serves
-from serving.observability.tracing.config import TracingSettings
-from serving.pii.settings import PIIPolicy
 from serving.strict import StrictModel
-from serving.vendor.config import Price, VendorEndpoint
 
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
@@ -214,7 +214,7 @@ class OIDCSettings(StrictModel):
 
     @model_validator(mode="after")
     def _fails_safe(self) -> OIDCSettings:
-        from serving.tenancy.oidc_rules import oidc_problems  # dependency-free: no jwt import
+        from serving.config.oidc_rules import oidc_problems  # dependency-free: no jwt import
 
         problems = oidc_problems(self.jwks_url, self.algorithms, issuer=self.issuer)
         if problems:

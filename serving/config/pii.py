@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serving.pii.entities import ENTITY_TYPES
+from serving.config.pii_entities import ENTITY_TYPES
 
 PIIAction = Literal["allow", "mask", "refuse", "route"]
 #: how strict each action is, when a tenant's and a model's policy meet
