@@ -13,7 +13,7 @@ STAMP  := $(VENV)/.govllm-installed-$(shell cat pyproject.toml Makefile locks/*.
 VARIANT ?= gpu
 
 .PHONY: install serve test test-unit test-component test-integration test-faults bench loadtest lint clean help \
-	lock image image-tools test-image sbom audit-deps
+	lock image image-tools test-image sbom audit-deps prometheus-tools
 
 help:
 	@echo "make serve   install, generate the development models, start the local stack on 127.0.0.1:8000"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench   measure direct vLLM vs stock Ray Serve LLM vs govllm (writes docs/benchmarks.md)"
 	@echo "make loadtest  short locust smoke run of every scenario against the running stack (loadtest/results/)"
 	@echo "make lint    ruff over the code"
+	@echo "make prometheus-tools  prometheus and promtool (Debian package) into .venv/bin, for the tests"
 	@echo "make clean   remove the virtual environment and generated state (.govllm/)"
 	@echo "make lock    re-resolve locks/*.txt (hashed) from pyproject.toml; commit the result"
 	@echo "make image   build the container image (VARIANT=gpu|cpu) with docker, podman or buildah"
@@ -55,18 +56,26 @@ $(STAMP):
 serve: install
 	$(GOVLLM) serve $(if $(SPEC),--spec $(SPEC),)
 
-test: install
+test: install prometheus-tools
 	$(PY) -m pytest -q tests
 
 # tests/unit: seconds, no server, no subprocess; tests/component: real Redis, S3, helm, HAProxy, an engine.
 test-unit: install
 	$(PY) -m pytest -q tests/unit
 
-test-component: install
+test-component: install prometheus-tools
 	$(PY) -m pytest -q tests/component
 
-test-integration: install
+test-integration: install prometheus-tools
 	$(PY) -m pytest -q tests/integration
+
+# prometheus and promtool (Debian's package) for the tests of the chart's alert rules and
+# dashboards: linked from PATH, else extracted from the .deb as root; else a clear error.
+prometheus-tools: $(VENV)/bin/promtool
+
+$(VENV)/bin/promtool: tools/install_prometheus.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) tools/install_prometheus.py --dest $(VENV)/bin
 
 # Kills engines, router replicas and Redis, stops S3, fills the audit spool: docs/reliability.md.
 test-faults: install

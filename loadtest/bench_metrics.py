@@ -24,8 +24,8 @@ import uuid
 
 from serving.config import ModelRoute, TenantLimits, TenantSettings
 from serving.config.vendor import Price
-from serving.observability.metrics.recorder import RouterMetrics
 from serving.request import Principal, RequestContext
+from serving.router.metrics.recorder import RouterMetrics
 
 MODEL = ModelRoute(id="tiny-llama-ja", max_model_len=2048,
                    price=Price(input_yen_per_million=100, output_yen_per_million=400))

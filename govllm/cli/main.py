@@ -10,9 +10,9 @@ from __future__ import annotations
 import typer
 
 from cluster.spec.schema import DEFAULT_SPEC_PATH
-from govllm.cli import cluster, pii, plan, render, serve, status, tenancy
+from govllm.cli import cluster, observe, pii, plan, render, serve, status, tenancy
 
-CMD_MODULES = (serve, render, plan, status, tenancy, cluster, pii)
+CMD_MODULES = (serve, render, plan, status, tenancy, cluster, pii, observe)
 
 app = typer.Typer(
     help=(

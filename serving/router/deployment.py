@@ -23,9 +23,9 @@ from ray import serve
 
 from serving.config import ServingConfig
 from serving.logs import attach_to_serve_logs
-from serving.observability.metrics import MetricsSampler, RouterMetrics
 from serving.router.app import RouterApp
 from serving.router.endpoints import EndpointTable
+from serving.router.metrics import MetricsSampler, RouterMetrics
 from serving.router.request_path import build_request_path
 from serving.store import StoreKeyspace, async_client
 from serving.vendor.contract import ContractLimiter

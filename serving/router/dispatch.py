@@ -112,7 +112,7 @@ class Dispatcher:
         self._before_end = before_end
         self._auth = f"Bearer {data_plane_token}"
         self._session: aiohttp.ClientSession | None = None
-        self.failovers: Counter[str] = Counter()  # per model (serving/observability/metrics/sampler.py)
+        self.failovers: Counter[str] = Counter()  # per model (serving/router/metrics/sampler.py)
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:

@@ -55,7 +55,8 @@ VARIANTS = ["default", *PROFILES]
 KUBE_VERSIONS = ["1.31.0", "1.32.0", "1.33.0", "1.34.0", "1.35.0"]
 #: Optional parts switched on in every render so they are validated too.
 EXTRAS = ["--set", "metrics.serviceMonitor.enabled=true",
-          "--set", "metrics.grafanaDashboard.enabled=true"]
+          "--set", "metrics.grafanaDashboard.enabled=true",
+          "--set", "metrics.prometheusRule.enabled=true"]
 #: What every install must add (site.yaml in docs/operations.md): the data-plane Secret's name,
 #: and the vendor CA ConfigMap (the example spec's vendor endpoints trust private CAs).
 DATA_PLANE_SECRET = "govllm-data-plane"

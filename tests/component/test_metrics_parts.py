@@ -27,13 +27,13 @@ from serving.config import (
     TenantLimits,
     TenantSettings,
 )
-from serving.observability.metrics import labels
-from serving.observability.metrics.budgets import budgeted, read_standing
-from serving.observability.metrics.sampler import MetricsSampler
-from serving.observability.metrics.spool_backlog import scan
 from serving.request import Principal, RequestContext
 from serving.router.admission import Admission
 from serving.router.endpoints import EndpointTable
+from serving.router.metrics import labels
+from serving.router.metrics.budgets import budgeted, read_standing
+from serving.router.metrics.sampler import MetricsSampler
+from serving.router.metrics.spool_backlog import scan
 from serving.store import StoreKeyspace, async_client
 from serving.tenancy.quota import QuotaLedger
 
@@ -90,7 +90,7 @@ def _code_literals() -> set[str]:
 
 def test_every_error_code_in_the_code_is_a_label_value():
     missing = _code_literals() - labels.ERROR_CODES
-    assert not missing, f"add to serving/observability/metrics/labels.py ERROR_CODES: {sorted(missing)}"
+    assert not missing, f"add to serving/router/metrics/labels.py ERROR_CODES: {sorted(missing)}"
     assert len(_code_literals()) > 30  # the scan itself found the codes
 
 

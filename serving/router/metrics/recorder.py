@@ -9,9 +9,9 @@ last bytes went out): a request counter, tokens, cost, and the latency histogram
 per streamed chunk: recording a Ray metric is a few microseconds of Python, which per
 chunk would show in the benchmarks (`python -m loadtest.bench_metrics`, docs/benchmarks.md).
 What changes without a request (admission queues, replicas, budgets, the audit spool) is
-sampled in the background (serving/observability/metrics/sampler.py).
+sampled in the background (serving/router/metrics/sampler.py).
 
-Label values come from closed sets only (serving/observability/metrics/labels.py).
+Label values come from closed sets only (serving/router/metrics/labels.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any
 
-from serving.observability.metrics.labels import code_label, model_label, status_label, tenant_label
+from serving.router.metrics.labels import code_label, model_label, status_label, tenant_label
 
 logger = logging.getLogger("govllm.metrics")
 
@@ -244,7 +244,7 @@ class RouterMetrics:
         if self.enabled:
             self._pii_decisions.inc(tags={"tenant": tenant, "decision": decision})
 
-    # -- sampled (serving/observability/metrics/sampler.py) -------------------------------------------------------
+    # -- sampled (serving/router/metrics/sampler.py) -------------------------------------------------------
     def start_counters(self, models: list[str], limited: dict[str, list[str]]) -> None:
         """Export the rare-event counters at 0 for every declared label set.
 

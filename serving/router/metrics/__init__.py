@@ -3,7 +3,7 @@ records per request (`recorder`), what it samples in the background (`sampler`),
 closed label sets that keep their cardinality bounded (`labels`). docs/observability.md
 lists every metric."""
 
-from serving.observability.metrics.recorder import RouterMetrics
-from serving.observability.metrics.sampler import MetricsSampler
+from serving.router.metrics.recorder import RouterMetrics
+from serving.router.metrics.sampler import MetricsSampler
 
 __all__ = ["MetricsSampler", "RouterMetrics"]

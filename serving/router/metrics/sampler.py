@@ -5,9 +5,9 @@ counters in the router's own objects (admission.py, endpoints.py, dispatch.py), 
 where they happen at the cost of an integer add; this task turns them into metrics every
 SAMPLE_S seconds, so the request path never records them itself. Budgets and
 reservations live in the shared store and are read every STANDING_S seconds
-(serving/observability/metrics/budgets.py); that read doubles as the store's liveness probe, so
+(serving/router/metrics/budgets.py); that read doubles as the store's liveness probe, so
 `govllm_quota_store_up` is current even when no budgeted tenant is sending. The audit
-spool's backlog is read from disk on a worker thread (serving/observability/metrics/spool_backlog.py).
+spool's backlog is read from disk on a worker thread (serving/router/metrics/spool_backlog.py).
 
 Ray's metrics agent exports every 10 s (`RAY_metrics_report_interval_ms`), so sampling
 faster would show nothing more.
@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from serving.config import TenantSettings
-from serving.observability.metrics.budgets import budgeted, read_standing
-from serving.observability.metrics.recorder import RouterMetrics
-from serving.observability.metrics.spool_backlog import scan
+from serving.router.metrics.budgets import budgeted, read_standing
+from serving.router.metrics.recorder import RouterMetrics
+from serving.router.metrics.spool_backlog import scan
 from serving.store import StoreKeyspace
 
 logger = logging.getLogger("govllm.metrics")
