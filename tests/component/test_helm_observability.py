@@ -87,3 +87,29 @@ def test_the_schema_knows_the_routers_ttft_buckets():
     assert ttft["ttftSeconds"]["enum"] == list(TTFT_BUCKETS)
     values = yaml.safe_load((CHART / "values.yaml").read_text())["metrics"]["prometheusRule"]
     assert values["slo"]["ttftSeconds"] in TTFT_BUCKETS
+
+
+def _notes(tmp_path, *sets: str) -> str:
+    import subprocess
+
+    from tests.prometheus_server import HELM, render_chart
+
+    render_chart(tmp_path)  # writes the example plan
+    args = [str(HELM), "install", "--dry-run=client", "govllm", str(CHART), "--namespace", "govllm",
+            "-f", str(tmp_path / "plan.yaml"), "--set", "dataPlane.existingSecret=govllm-data-plane",
+            "--set", "vendorCA.existingConfigMap=govllm-vendor-ca"]
+    for s in sets:
+        args += ["--set", s]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.split("NOTES:", 1)[1]
+
+
+def test_notes_say_what_is_monitored(tmp_path):
+    on = _notes(tmp_path, "metrics.serviceMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
+                "metrics.grafanaDashboard.enabled=true")
+    assert f"PrometheusRule (alerts, runbooks: docs/observability.md), {len(DASHBOARDS)} Grafana dashboards" in on
+    assert "govllm top --prometheus" in on and "NOTE: metrics.prometheusRule" not in on
+    alone = _notes(tmp_path, "metrics.prometheusRule.enabled=true")
+    assert "NOTE: metrics.prometheusRule is on and metrics.serviceMonitor off" in alone
+    assert "Metrics:" not in _notes(tmp_path)

@@ -30,6 +30,10 @@ TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 2
 TPOT_BUCKETS = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)
 E2E_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 STORE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: Streams whose first chunk comes with the first token (vLLM sends a chat stream's role chunk
+#: with it). A Responses stream opens with response.created before generation starts, so its
+#: first byte says nothing about the first token: no TTFT or TPOT from it.
+_TOKEN_STREAMS = frozenset({"chat", "completions"})
 
 
 class RouterMetrics:
@@ -68,8 +72,8 @@ class RouterMetrics:
             tag_keys=tenant_model)
         self._ttft = m.Histogram(
             "govllm_ttft_seconds",
-            description="Streamed answers: from the request's arrival at the router to its first "
-            "answer bytes leaving it.",
+            description="Streamed chat and completions answers: from the request's arrival at the "
+            "router to its first answer bytes (the first token) leaving it.",
             boundaries=list(TTFT_BUCKETS), tag_keys=tenant_model)
         self._tpot = m.Histogram(
             "govllm_tpot_seconds",
@@ -206,7 +210,7 @@ class RouterMetrics:
         if ctx.status != 200:
             return
         self._e2e.observe(now - ctx.started_at, tags=tags)
-        if ctx.stream and ctx.first_byte_at is not None:
+        if ctx.stream and ctx.first_byte_at is not None and ctx.operation in _TOKEN_STREAMS:
             self._ttft.observe(ctx.first_byte_at - ctx.started_at, tags=tags)
             if completion > 1:
                 self._tpot.observe((now - ctx.first_byte_at) / (completion - 1), tags=tags)
