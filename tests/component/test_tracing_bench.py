@@ -62,3 +62,16 @@ def test_on_off_ratios_are_taken_within_each_round():
     assert r["ttft_c1"] == (1.1 + 1.05) / 2 and r["throughput_c16"] == (0.9 + 1.0) / 2
     assert r["cpu"] == (1.25 + 1.0) / 2
     assert govllm_ratios(rounds, stacks[:1]) == {}
+
+
+def test_the_in_process_bench_traces_only_its_on_variant():
+    """loadtest/bench_tracing.py: one trace per request of the `on` variant, none otherwise
+    (a sink that received nothing, or spans of the other variants, would void its ratios)."""
+    from loadtest.bench_tracing import MODES, run
+
+    result = run(requests=20, rounds=1)
+    per_request, left = divmod(result["spans_exported"], 20 + 50)  # 50 warm-up requests
+    # root, the steps (authenticate, parse, resolve, policy, quota), dispatch, admission,
+    # the two audit records and the attempt
+    assert left == 0 and per_request == 11
+    assert set(result) >= {*MODES, "off_vs_nohooks", "on_vs_nohooks"}
