@@ -47,7 +47,9 @@ from loadtest.serving_bench import BenchResult, run_bench
 
 MODEL_ID = "tiny-llama-ja"
 MAX_MODEL_LEN = 2048
-GOVLLM = str(Path(sys.executable).with_name("govllm"))
+#: `python -m govllm`, not the console script: with PYTHONPATH pointing at another checkout the
+#: script would still name this checkout's entry point.
+GOVLLM = [sys.executable, "-m", "govllm"]
 
 
 def _wait_http(url: str, proc: subprocess.Popen, timeout_s: float, headers: dict | None = None) -> None:
@@ -150,7 +152,7 @@ def build_stacks(work: Path, model_path: Path, wanted: list[str],
             state = work / f"state-{len(stacks)}"
             stack = Stack(
                 name, label + (f" [{extra}]" if extra else ""),
-                [GOVLLM, "serve", "--spec", str(_govllm_spec(state, model_path, profile, port, tracing))],
+                [*GOVLLM, "serve", "--spec", str(_govllm_spec(state, model_path, profile, port, tracing))],
                 env=env, ready_path="/readyz",
                 api_key_file=(state / "dev-api-key") if profile == "full" else None,
                 cwd=work, port=port,
