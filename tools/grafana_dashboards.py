@@ -65,7 +65,7 @@ OVERVIEW = [
     Panel("Requests/s", [("sum(rate(ray_govllm_requests_total{%s}[%s]))" % (M, RATE), "all")],
           "reqps", "Every request the routers answered, refusals included.", kind="stat", width=6, height=4),
     Panel("Server errors (5xx)", [
-        ('sum(rate(ray_govllm_requests_total{%s, status=~"5.."}[%s])) / '
+        ('(sum(rate(ray_govllm_requests_total{%s, status=~"5.."}[%s])) or vector(0)) / '
          "sum(rate(ray_govllm_requests_total{%s}[%s]))" % (M, RATE, M, RATE), "5xx share")],
           "percentunit", "Share of requests answered 5xx: what the availability SLO counts.",
           kind="stat", width=6, height=4),
@@ -131,8 +131,9 @@ TENANTS = [
         ("sum by (tenant) (rate(ray_govllm_tokens_total{%s}[%s]))" % (T, RATE), "{{tenant}}")], "short",
           "Billed tokens/s."),
     Panel("Cost per tenant (yen/hour)", [
-        ("sum by (tenant) (rate(ray_govllm_cost_yen_total{%s}[%s])) * 3600" % (T, RATE), "{{tenant}}")], "short",
-          "From the models' declared prices (vendor contracts)."),
+        ("(sum by (tenant) (rate(ray_govllm_cost_yen_total{%s}[%s])) or 0 * sum by (tenant) "
+         "(rate(ray_govllm_tokens_total{%s}[%s]))) * 3600" % (T, RATE, T, RATE), "{{tenant}}")], "short",
+          "From the models' declared prices (vendor contracts); 0 for tenants using unpriced models only."),
     Row("Refusals"),
     Panel("Quota refusals/s", [
         ("sum by (tenant, limit) (rate(ray_govllm_quota_rejections_total{%s}[%s]))" % (T, RATE),

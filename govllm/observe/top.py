@@ -118,7 +118,7 @@ def _f(value: float | None, fmt: str = "{:.2f}", dash: str = "-") -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.0f} ms"
+    return "-" if value is None else f"{value * 1000:.0f}ms"
 
 
 def render(frame: Frame):
@@ -130,10 +130,10 @@ def render(frame: Frame):
     head = Text(f"govllm top  {time.strftime('%H:%M:%S', time.localtime(frame.at))}  from {frame.source}",
                 style="bold")
     traffic = Table(title="per model and tenant", title_justify="left", expand=False)
-    for col in ("model", "tenant"):
-        traffic.add_column(col)
-    for col in ("req/s", "4xx/s", "5xx/s", "prompt tok/s", "compl tok/s", "TTFT p50", "TTFT p99", "budget"):
-        traffic.add_column(col, justify="right")
+    for col in ("model", "tenant"):  # names stay whole; a narrow terminal loses columns on the right
+        traffic.add_column(col, no_wrap=True, min_width=len(col))
+    for col in ("req/s", "4xx/s", "5xx/s", "in tok/s", "out tok/s", "TTFT p50", "TTFT p99", "budget"):
+        traffic.add_column(col, justify="right", no_wrap=True)
     for r in frame.rows:
         budget = frame.budgets.get(r.tenant)
         traffic.add_row(r.model, r.tenant, _f(r.requests_per_s), _f(r.refused_per_s),

@@ -219,14 +219,20 @@ def rule_tests(rules: dict[str, dict]) -> list[dict]:
          "alert_rule_test": [_quiet("GovllmRouterMetricsAbsent", "5m"),
                              _fires("GovllmRouterMetricsAbsent", "12m", rules)]},
     ]
+    # a model with traffic and no 5xx at all has an error ratio of 0, not none (dashboards, alerts)
+    tests.append({"interval": "1m", "input_series": [
+        _series("ray_govllm_requests_total", "0+60x20", model="tiny", status="200", code="", tenant="city",
+                operation="chat")],
+        "promql_expr_test": [{"expr": "govllm:request_errors:ratio_rate5m", "eval_time": "10m", "exp_samples": [
+            {"labels": f'govllm:request_errors:ratio_rate5m{{namespace="{NS}", model="tiny"}}', "value": 0}]}]})
     return tests
 
 
 def test_promtool_test_rules_every_alert_fires_and_stays_quiet(tmp_path, rules_file):
     rules = alerts(rules_file)
     tests = rule_tests(rules)
-    fired = {t["alertname"] for g in tests for t in g["alert_rule_test"] if t["exp_alerts"]}
-    quiet = {t["alertname"] for g in tests for t in g["alert_rule_test"] if not t["exp_alerts"]}
+    fired = {t["alertname"] for g in tests for t in g.get("alert_rule_test", []) if t["exp_alerts"]}
+    quiet = {t["alertname"] for g in tests for t in g.get("alert_rule_test", []) if not t["exp_alerts"]}
     assert fired == set(rules) == quiet, (set(rules) - fired, set(rules) - quiet)
     test_file = tmp_path / "rules_test.yml"
     test_file.write_text(yaml.safe_dump({"rule_files": [str(rules_file)], "evaluation_interval": "1m",
