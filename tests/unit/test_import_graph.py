@@ -8,6 +8,7 @@ and no sub-package is part of an import cycle. docs/architecture.md draws the sa
 from __future__ import annotations
 
 import ast
+import functools
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def _modules() -> dict[str, Path]:
     return mods
 
 
+@functools.cache
 def _graph() -> dict[str, set[str]]:
     mods = _modules()
 
