@@ -185,12 +185,12 @@ AUDIT = [
     Row("Spool"),
     Panel("Records not yet uploaded", [
         ("sum(max by (NodeAddress) (ray_govllm_audit_pending_records))", "records")], "short",
-          "Sealed spool segments' records on every node (each node counted once)."),
+          "Sealed spool segments' records on every node (each node counted once).", width=8),
     Panel("Oldest record not yet uploaded", [
         ("max(ray_govllm_audit_oldest_pending_age_seconds)", "age")], "s",
-          "Alert GovllmAuditUploadLagging."),
+          "Alert GovllmAuditUploadLagging.", width=8),
     Panel("Spool size", [("max by (NodeAddress) (ray_govllm_audit_spool_bytes)", "{{NodeAddress}}")], "bytes",
-          "Alert GovllmAuditSpoolGrowing."),
+          "Alert GovllmAuditSpoolGrowing.", width=8),
     Row("Throughput"),
     Panel("Records/s made durable", [("sum(rate(ray_govllm_audit_records_total[%s]))" % RATE, "records/s")],
           "ops", "Begin, end and feedback records written and fsynced."),

@@ -102,14 +102,17 @@ def draw(dashboard: dict, url: str, start: float, end: float, out: Path, rate_in
             ax.set_xticks([])
             ax.set_yticks([])
             last = [(name, points[-1][1]) for name, points in series]
-            if p["type"] == "bargauge":
-                names = [n for n, _ in last]
+            if p["type"] == "bargauge":  # Grafana's horizontal gauge: name and value on each bar
+                last.sort(key=lambda item: item[0], reverse=True)
                 values = _scale(unit, [v for _, v in last])
-                ax.barh(names, values, color=["#d62728" if v >= 100 else "#ff7f0e" if v >= 80 else "#2ca02c"
-                                               for v in values])
-                ax.set_xlim(0, max(100, *values) if values else 100)
-                ax.set_yticks(range(len(names)), names, fontsize=8)
-                ax.tick_params(axis="x", labelsize=8)
+                top = max([100.0, *values])
+                ax.barh(range(len(values)), values, height=0.7,
+                        color=["#d62728" if v >= 100 else "#ff7f0e" if v >= 80 else "#2ca02c" for v in values])
+                for i, ((name, _), v) in enumerate(zip(last, values, strict=True)):
+                    ax.text(top * 0.01, i, name, va="center", fontsize=9)
+                    ax.text(top * 0.99, i, f"{v:.1f} %" if unit == "percentunit" else f"{v:.3g}", va="center",
+                            ha="right", fontsize=9, fontweight="bold")
+                ax.set_xlim(0, top)
             else:  # stat
                 value = _scale(unit, [last[0][1]])[0] if last else None
                 text = "no data" if value is None else (f"{value:.2f}" + (" %" if unit == "percentunit" else ""))
