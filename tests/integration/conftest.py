@@ -57,6 +57,10 @@ TEST_TENANTS = [
      "pii": {"actions": {"JP_MY_NUMBER": "route"}}},
     {"id": "pii-restore", "name": "個人番号復元市", "kind": "municipality", "max_confidentiality": 1,
      "pii": {"actions": {"JP_MY_NUMBER": "mask"}, "restore": True}},
+    # metrics, dashboards and `govllm top` against a real Prometheus (test_prometheus.py): a budget
+    # to show, and one request a minute so a second one is a quota refusal
+    {"id": "metrics-town", "name": "計測町", "kind": "municipality", "max_confidentiality": 1,
+     "limits": {"requests_per_minute": 1, "monthly_token_budget": 100_000}},
 ]
 
 
