@@ -28,6 +28,8 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -156,7 +158,11 @@ async def _drive(cfg: ServingConfig, requests: int, api_key: str | None) -> dict
             "router_steps": [type(step).__name__ for step in steps]}
 
 
-def run(requests: int) -> dict:
+@contextmanager
+def bench_store(label: str) -> Iterator[tuple[Path, int, ServingConfig, str]]:
+    """An embedded Redis in a temporary state directory, the full profile's config and an API
+    key of its bench tenant: (state dir, store port, config, key). Shared by the in-process
+    benchmarks (this one, bench_tracing) so they set up the same store the same way."""
     with tempfile.TemporaryDirectory() as tmp:
         state = Path(tmp) / "state"
         state.mkdir()
@@ -165,15 +171,20 @@ def run(requests: int) -> dict:
         try:
             full = _config(state, port, full=True)
             admin = KeyAdmin(sync_client(full.store), StoreKeyspace(full.store.namespace))
-            api_key, _ = admin.create("bench", "bench-user", "bench_tenancy")
-            bare = _config(state, port, full=False)
-            # alternate the two configurations so host drift lands on both
-            rounds = {"bare": [], "full": []}
-            for _ in range(3):
-                rounds["bare"].append(asyncio.run(_drive(bare, requests, None)))
-                rounds["full"].append(asyncio.run(_drive(full, requests, api_key)))
+            api_key, _ = admin.create("bench", "bench-user", label)
+            yield state, port, full, api_key
         finally:
             embedded_store.stop(redis_proc)
+
+
+def run(requests: int) -> dict:
+    with bench_store("bench_tenancy") as (state, port, full, api_key):
+        bare = _config(state, port, full=False)
+        # alternate the two configurations so host drift lands on both
+        rounds = {"bare": [], "full": []}
+        for _ in range(3):
+            rounds["bare"].append(asyncio.run(_drive(bare, requests, None)))
+            rounds["full"].append(asyncio.run(_drive(full, requests, api_key)))
 
     def med(name: str, part: str) -> float:
         return statistics.median(r[part]["p50_us"] for r in rounds[name])

@@ -26,14 +26,10 @@ import argparse
 import asyncio
 import json
 import statistics
-import tempfile
 import time
 import uuid
-from pathlib import Path
 
-from govllm import embedded_store
-from govllm.runtime_env import free_port
-from loadtest.bench_tenancy import BODY, _config
+from loadtest.bench_tenancy import BODY, bench_store
 from loadtest.otlp_sink import OTLPSink
 from serving.config.tracing import TracingSettings
 from serving.observability.tracing.names import AUDIT_BEGIN_SPAN, AUDIT_COMMIT_SPAN
@@ -41,8 +37,7 @@ from serving.observability.tracing.off import NO_TRACING
 from serving.observability.tracing.spans import build_tracer
 from serving.request import RequestContext
 from serving.router.request_path import build_request_path
-from serving.store import StoreKeyspace, async_client, sync_client
-from serving.tenancy.keystore import KeyAdmin
+from serving.store import StoreKeyspace, async_client
 
 MODES = ("nohooks", "off", "on")
 
@@ -126,22 +121,14 @@ async def _drive(cfg, api_key: str, requests: int, mode: str, sink: OTLPSink) ->
 
 def run(requests: int, rounds: int) -> dict:
     sink = OTLPSink().start()
-    with tempfile.TemporaryDirectory() as tmp:
-        state = Path(tmp) / "state"
-        state.mkdir()
-        port = free_port()
-        redis_proc = embedded_store.start(state / "redis", port)
-        try:
-            cfg = _config(state, port, full=True)
-            admin = KeyAdmin(sync_client(cfg.store), StoreKeyspace(cfg.store.namespace))
-            api_key, _ = admin.create("bench", "bench-user", "bench_tracing")
+    try:
+        with bench_store("bench_tracing") as (_, _, cfg, api_key):
             results = []
             for i in range(rounds):
                 order = MODES if i % 2 == 0 else MODES[::-1]
                 results.append({m: asyncio.run(_drive(cfg, api_key, requests, m, sink)) for m in order})
-        finally:
-            embedded_store.stop(redis_proc)
-            sink.stop()
+    finally:
+        sink.stop()
     out: dict = {"requests_per_round": requests, "rounds": rounds, "spans_exported": sink.spans}
     for mode in MODES:
         out[mode] = {k: round(statistics.median(r[mode][k] for r in results), 1)
