@@ -166,11 +166,16 @@ def recovered(request):
 
     from tests.faults.clients import routers_up, wait_until
 
+    # every self-hosted chat model itself, not only the alias (which a fallback model can answer
+    # while the previous test's killed engine is still restarting)
+    chat_models = [m["id"] for m in stack.spec["models"] if m.get("kind", "chat") == "chat"
+                   and "endpoint" not in m.get("source", {})]
+
     def serving() -> bool:
-        for _ in range(6):  # spread over both router replicas
+        for model in ["default", *chat_models] * 2:  # spread over both router replicas
             resp = httpx.post(stack.base_url + "/v1/chat/completions", timeout=30,
                               headers={"Authorization": f"Bearer {stack.api_key}"},
-                              json={"model": "default", "max_tokens": 1,
+                              json={"model": model, "max_tokens": 1,
                                     "messages": [{"role": "user", "content": "準備"}]})
             if resp.status_code != 200:
                 return False

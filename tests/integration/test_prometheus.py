@@ -192,8 +192,16 @@ def test_rules_evaluate_and_stay_quiet_on_a_healthy_stack(observed):
     assert len(rules) == 25
     broken = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert broken == []
-    active = [(r["name"], r["state"]) for r in rules if r["type"] == "alerting" and r["state"] != "inactive"]
-    assert active == []
+    # Quiet, except where an alert is right: other tests of the suite spend some tenants'
+    # monthly budgets on purpose, and the budget alerts must then be pending for exactly those.
+    active = [a for a in p.api("alerts")["alerts"] if a["state"] != "inactive"]
+    budget = {s["metric"]["tenant"]: float(s["value"][1])
+              for s in p.query("max by (tenant) (ray_govllm_budget_used_ratio)")}
+    unexplained = [(a["labels"]["alertname"], a["labels"].get("tenant"), a["state"]) for a in active
+                   if not (a["labels"]["alertname"].startswith("GovllmTenantBudget")
+                           and a["labels"].get("tenant") != "metrics-town"
+                           and budget.get(a["labels"].get("tenant"), 0.0) >= 0.8)]
+    assert unexplained == []
     # the recording rules see the traffic (the selectors match the scraped labels)
     errors = p.query('govllm:request_errors:ratio_rate5m{model="tiny-llama-ja"}')
     assert errors and float(errors[0]["value"][1]) == 0.0
