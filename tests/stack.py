@@ -195,6 +195,13 @@ def start(root: Path, spec: dict) -> Stack:
     return stack
 
 
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def stop(stack: Stack) -> None:
     """Ctrl-C, then require exit code 0 and no process left behind (restarted replicas included)."""
     descendants = list({p.pid: p for p in stack.started_processes + stack.descendants()}.values())
@@ -208,9 +215,12 @@ def stop(stack: Stack) -> None:
     for p in psutil.process_iter(["cmdline"]):
         if p.info["cmdline"] and any(marker in part for part in p.info["cmdline"]):
             descendants.append(p)
-    _, alive = psutil.wait_procs(descendants, timeout=30)
-    survivors = [f"{p.pid} {p.name()}" for p in alive
-                 if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    # wait for every process to be gone or a zombie (a zombie has exited; its parent, not this
+    # test, reaps it): psutil.wait_procs would wait its whole timeout for a zombie to go
+    deadline = time.monotonic() + 30
+    while (alive := [p for p in descendants if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [f"{p.pid} {p.name()}" for p in alive if _running(p)]
     for p in alive:
         try:
             p.kill()
