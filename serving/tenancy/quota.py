@@ -139,6 +139,21 @@ def rate_limit_headers(limits, requests: int, tokens: int, now: float) -> list[t
     return out
 
 
+def reservation_member(request_id: str, tokens: int) -> str:
+    """A reservation in the tenant's sorted set: `<request id>|<tokens>` (the Lua scripts sum
+    the part after the last `|`)."""
+    return f"{request_id}|{tokens}"
+
+
+def reserved_tokens(member: bytes | str) -> int:
+    """The tokens a reservation member holds; 0 for a member not in that form."""
+    text = member.decode() if isinstance(member, bytes) else member
+    try:
+        return int(text.rsplit("|", 1)[1])
+    except (IndexError, ValueError):
+        return 0
+
+
 def month_of(ts: float) -> str:
     return datetime.fromtimestamp(ts, TOKYO).strftime("%Y-%m")
 
@@ -206,7 +221,7 @@ class QuotaLedger:
         now = self._clock()
         rpm_key, tpm_key, resv_key, ledger_key = self._keys(ctx.tenant.id, now)
         reserve = reservation_for(ctx) if limits.monthly_token_budget else 0
-        member = f"{ctx.request_id}|{reserve}"
+        member = reservation_member(ctx.request_id, reserve)
         if reserve:
             # set before the call: a script that ran although its answer timed out holds
             # this reservation, and settlement must release it whatever happens next

@@ -15,7 +15,7 @@ from typing import Any
 
 from serving.config import TenantSettings
 from serving.store import StoreKeyspace
-from serving.tenancy.quota import month_of
+from serving.tenancy.quota import month_of, reserved_tokens
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,6 @@ async def read_standing(client: Any, keys: StoreKeyspace, tenants: Sequence[Tena
         used, held = answers[2 * i], answers[2 * i + 1] or []
         out.append(Standing(
             tenant=t.id, used=int(used or 0), limit=int(t.limits.monthly_token_budget or 0),
-            reservations=len(held), reserved=sum(_reserved(m) for m in held),
+            reservations=len(held), reserved=sum(reserved_tokens(m) for m in held),
         ))
     return out
-
-
-def _reserved(member: bytes | str) -> int:
-    """Tokens of a reservation member `<request id>|<tokens>` (serving/tenancy/quota.py)."""
-    text = member.decode() if isinstance(member, bytes) else member
-    try:
-        return int(text.rsplit("|", 1)[1])
-    except (IndexError, ValueError):
-        return 0
