@@ -50,6 +50,12 @@ def serve_environment(run_dir: Path) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            # A router replica that stops stays reachable this long so load balancers can
+            # deregister it first (Ray's default: 30 s, sized for many HAProxy instances in
+            # a cluster). A local run has one HAProxy on this machine, which drops a leaving
+            # replica at its next config reload and health check (1 s, serve_env); 30 s only
+            # made every Ctrl-C of `govllm serve` wait 30 s ("Shutdown tier 0 did not drain").
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
         }
     )
     return env
