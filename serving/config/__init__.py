@@ -159,6 +159,28 @@ class RouterSettings(StrictModel):
         description="Shortest time a failed replica stays out of rotation; doubles with each "
         "ejection in a row (up to 12x), so a replica that keeps failing is not retried often.",
     )
+    replica_choice: Literal["prefix_affinity", "least_loaded", "round_robin"] = Field(
+        default="prefix_affinity",
+        description="How a model's replica is chosen: prefix_affinity sends requests with the "
+        "same leading content to the replica that holds it in vLLM's prefix cache (rendezvous "
+        "hashing, sticky until that replica is saturated); least_loaded: the less loaded of two "
+        "random replicas; round_robin: in turn (docs/scheduling.md, prefix-affinity).",
+    )
+    prefix_affinity_chars: int = Field(
+        default=1024, ge=16,
+        description="prefix_affinity: characters of a request's leading content (messages, "
+        "prompt) hashed into its prefix key; shorter requests have no key (least loaded).",
+    )
+    prefix_affinity_balance_factor: float = Field(
+        default=1.5, ge=1.0,
+        description="prefix_affinity: a prefix's replica keeps taking it unless it would hold "
+        "more than this factor x the mean load of the model's replicas (or more than its "
+        "slots); then the key's next replica in rendezvous order takes it.",
+    )
+    max_queue_wait_s: float = Field(
+        default=30.0, gt=0,
+        description="Longest time a request waits in a router's queue for a model slot (then 503).",
+    )
     max_queue_wait_s: float = Field(
         default=30.0, gt=0,
         description="Longest time a request waits in a router's queue for a model slot (then 503).",

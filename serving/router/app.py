@@ -93,6 +93,8 @@ class RouterApp:
         audit = path.audit
         self._audit = audit
         table.eject_s = config.router.replica_eject_s
+        table.choice = config.router.replica_choice
+        table.balance_factor = config.router.prefix_affinity_balance_factor
         self.admission = Admission(config.models, config.router, table)
         token = data_plane_token or os.environ.get(config.router.data_plane_token_env, "")
         begin, end = (audit.begin, audit.end) if audit else (_nothing, _nothing)

@@ -6,7 +6,10 @@ Order of events for one request:
    slot on it, or 503/429 with Retry-After;
 2. the audit *begin* record is made durable (`before_dispatch`), so a prompt
    never reaches an engine unrecorded, even if this router dies mid-answer;
-3. attempts: a replica is chosen and sent the request with the data-plane
+3. attempts: a replica is chosen (`router.replica_choice`: by default the
+   one likely to hold the request's prefix in its KV cache, from a key
+   computed once per request; serving/router/replica_choice.py) and sent the
+   request with the data-plane
    credential (the client's own key never leaves the router). A replica
    that refuses the connection, answers 5xx while its `/health` fails, or
    sends nothing within `upstream_first_byte_timeout_s` is ejected (passive
@@ -59,6 +62,7 @@ from serving.router.admission import Admission
 from serving.router.asgi import Send
 from serving.router.endpoints import Endpoint, EndpointTable
 from serving.router.metering import StreamMeter, upstream_stream_options
+from serving.router.replica_choice import prefix_key
 from serving.router.responses_meter import ResponsesMeter, input_bytes
 from serving.tenancy.reservation import reservation_for
 from serving.vendor.contract import ContractLimiter, ContractRefused, Ticket
@@ -74,6 +78,7 @@ _BROKEN = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.
 _HEALTH_TIMEOUT_S = 2.0
 _ENGINE_RETRIES = 1
 _CONTRACT_CODES = frozenset({"vendor_rate_limited", "vendor_limits_unavailable"})
+_UNSET = object()  # a prefix key not computed yet (None is "no key")
 
 Hook = Callable[[RequestContext], Awaitable[None]]
 
@@ -234,6 +239,7 @@ class Dispatcher:
         tried: set[str] = set()
         engine_retries = _ENGINE_RETRIES
         last: APIError | None = None
+        key: Any = _UNSET
         while True:
             try:
                 with self._trace.admission(ctx):
@@ -254,7 +260,10 @@ class Dispatcher:
                 if not ctx.audit_begun:
                     await self._before_dispatch(ctx)
                 body = self._body_for(ctx, model)
-                while (ep := self._table.pick(model.id, exclude=tried)) is not None:
+                if key is _UNSET:  # once per request, and only when the policy uses it
+                    key = self._prefix_key(ctx)
+                while (ep := self._table.pick(model.id, exclude=tried, key=key,
+                                              slots=model.max_ongoing_per_replica)) is not None:
                     tried.add(ep.replica_id)
                     try:
                         with self._trace.attempt(ctx, model, ep, path, headers) as sent:
@@ -271,6 +280,12 @@ class Dispatcher:
                 slot.release()
                 await self._settle_contract(model, ticket, ctx)
             excluded_models.add(model.id)
+
+    def _prefix_key(self, ctx: RequestContext) -> int | None:
+        """The request's prefix key under prefix_affinity (serving/router/replica_choice.py)."""
+        if self._settings.replica_choice != "prefix_affinity":
+            return None
+        return prefix_key(ctx.operation, ctx.payload, self._settings.prefix_affinity_chars)
 
     def _unavailable(self, ctx: RequestContext, last: APIError) -> APIError:
         names = ", ".join(m.id for m in ctx.candidates)

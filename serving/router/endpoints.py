@@ -3,10 +3,13 @@
 The router forwards over plain HTTP to each model replica's own data-plane
 port (see serving/llm_server.py), so it must know the replicas itself. It
 learns them from the endpoint registry (refreshed in the background, never
-on the request path) and picks among a model's replicas by *power of two
-choices* on outstanding requests: two random replicas, the less loaded
-wins. That keeps load even without a global view, which matters because
-several router replicas route independently.
+on the request path) and picks among a model's replicas by the spec's
+`router.replica_choice` (serving/router/replica_choice.py): by default the
+replica that most likely holds the request's prefix in its KV cache
+(rendezvous hashing of a prefix key, sticky until that replica is
+saturated), else *power of two choices* on outstanding requests: two random
+replicas, the less loaded wins. Both keep load even without a global view,
+which matters because several router replicas route independently.
 
 "Load" is this router's own in-flight count plus the replica's self-reported
 in-flight count from its last heartbeat (which includes other routers'
@@ -49,6 +52,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from serving.router.replica_choice import ReplicaChoice, by_affinity, least_loaded, replica_seed
+
 if TYPE_CHECKING:
     from serving.vendor.link import VendorLink
 
@@ -72,6 +77,10 @@ class Endpoint:
     vendor: VendorLink | None = field(default=None, repr=False)  # a vendor endpoint, not a replica
     next_probe_at: float = 0.0  # vendors: when a closed circuit is probed next (monotonic)
     last_probe: str = ""  # what the last failed health probe saw (our words, never the answer's)
+    seed: int = field(init=False, repr=False)  # rendezvous weight seed, from the replica id
+
+    def __post_init__(self) -> None:
+        self.seed = replica_seed(self.replica_id)
 
     @property
     def load(self) -> int:
@@ -91,6 +100,9 @@ class EndpointTable:
     static: dict[str, list[Endpoint]] = field(default_factory=dict)  # vendor endpoints per model
     # ejections so far per (model, "self" | "peer"): found here, or reported by another router
     ejection_counts: Counter = field(default_factory=Counter)
+    choice: ReplicaChoice = "least_loaded"  # router.replica_choice (set by RouterApp)
+    balance_factor: float = 1.5  # router.prefix_affinity_balance_factor
+    turns: Counter = field(default_factory=Counter)  # round robin: picks so far per model
 
     def add_vendor(self, link: VendorLink) -> Endpoint:
         """A vendor endpoint: a fixed entry that registry snapshots never replace."""
@@ -126,15 +138,26 @@ class EndpointTable:
             self.routers = max(1, routers)
         self.refreshed_at = time.monotonic() if now is None else now
 
-    def pick(self, model_id: str, *, exclude: frozenset[str] | set[str] = frozenset()) -> Endpoint | None:
+    def pick(self, model_id: str, *, exclude: frozenset[str] | set[str] = frozenset(),
+             key: int | None = None, slots: int | None = None) -> Endpoint | None:
+        """A replica in rotation for the request, by `choice`; None when there is none.
+
+        `key`: the request's prefix key (replica_choice.prefix_key), None when it has none;
+        `slots`: requests one replica runs at once (the affinity replica's saturation bound).
+        """
         eps = [ep for ep in self.by_model.get(model_id, ())
                if not ep.ejected and ep.replica_id not in exclude]
         if not eps:
             return None
         if len(eps) == 1:
             return eps[0]
-        a, b = self.rng.sample(eps, 2)
-        return a if a.load <= b.load else b
+        if self.choice == "prefix_affinity" and key is not None:
+            return by_affinity(eps, key, factor=self.balance_factor, slots=slots)
+        if self.choice == "round_robin":
+            turn = self.turns[model_id]
+            self.turns[model_id] = turn + 1
+            return eps[turn % len(eps)]
+        return least_loaded(eps, self.rng)
 
     def eject(self, ep: Endpoint, reason: str, *, failed: bool = False, hold_s: float | None = None,
               report: bool = True) -> None:
