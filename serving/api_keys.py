@@ -37,6 +37,7 @@ class KeyRecord:
     created_at: float
     revoked_at: float | None = None
     description: str = ""
+    priority: str | None = None  # a lower admission class than the tenant's (docs/scheduling.md)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -77,12 +78,14 @@ class KeyRecord:
             "created_at": self.created_at,
             "revoked_at": self.revoked_at,
             "description": self.description,
+            "priority": self.priority,
         }
 
 
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "key_id": str, "tenant": str, "user": str, "salt": str, "digest": str,
     "created_at": (int, float), "revoked_at": (int, float, type(None)), "description": str,
+    "priority": (str, type(None)),
 }
 _REQUIRED = {"key_id", "tenant", "user", "salt", "digest", "created_at"}
 
@@ -99,8 +102,13 @@ def split_key(presented: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-def issue_key(tenant: str, user: str, description: str = "") -> tuple[str, KeyRecord]:
-    """A new key and the record to store; the plaintext is returned exactly once."""
+def issue_key(tenant: str, user: str, description: str = "",
+              priority: str | None = None) -> tuple[str, KeyRecord]:
+    """A new key and the record to store; the plaintext is returned exactly once.
+
+    `priority`: an admission class below the tenant's for every request made with this key
+    (e.g. a batch job's key); None keeps the tenant's class.
+    """
     key_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
@@ -112,6 +120,7 @@ def issue_key(tenant: str, user: str, description: str = "") -> tuple[str, KeyRe
         digest=_digest(salt, secret),
         created_at=time.time(),
         description=description,
+        priority=priority,
     )
     return f"{KEY_PREFIX}_{key_id}_{secret}", record
 
@@ -126,7 +135,8 @@ def verify(presented: str, records: dict[str, KeyRecord]) -> Principal | None:
         return None
     if not hmac.compare_digest(record.digest, _digest(record.salt, secret)):
         return None
-    return Principal(tenant=record.tenant, user=record.user, method="api_key", credential_id=key_id)
+    return Principal(tenant=record.tenant, user=record.user, method="api_key", credential_id=key_id,
+                     priority=record.priority)
 
 
 def write_private(path: Path, text: str) -> None:

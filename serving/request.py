@@ -36,6 +36,7 @@ class Principal:
     user: str
     method: str = "api_key"  # "api_key" | "oidc"
     credential_id: str = ""  # API key id, or the JWT's issuer-unique subject
+    priority: str | None = None  # the API key's admission class, when issued with a lower one
 
 
 #: OpenAI's `type` for each status class we emit.
@@ -110,6 +111,7 @@ class RequestContext:
     principal: Principal | None = None
     tenant: TenantSettings | None = None
     confidentiality: int | None = None
+    priority: str | None = None  # admission priority class (serving/router/admission/priority.py)
     usage_type: str | None = None
     reservation: str | None = None
     reserved_tokens: int = 0

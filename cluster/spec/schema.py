@@ -34,6 +34,7 @@ from serving.config import (
     S3Sink,
     TenantSettings,
     check_names,
+    check_priorities,
 )
 from serving.config.tracing import TracingSettings
 from serving.config.vendor import Price, VendorEndpoint
@@ -444,6 +445,7 @@ class ClusterSpec(StrictModel):
     @model_validator(mode="after")
     def _names(self) -> ClusterSpec:
         check_names([m.id for m in self.models], self.all_aliases(), self.tenants)
+        check_priorities(self.router, self.tenants)
         tenant_ids = [t.id for t in self.tenants]
         if self.auth.dev_tenant is not None and self.auth.dev_tenant not in tenant_ids:
             raise ValueError(f"auth.dev_tenant {self.auth.dev_tenant!r} is not in tenants")

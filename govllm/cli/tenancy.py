@@ -56,16 +56,28 @@ def keys_create(
     tenant: str = typer.Option(..., "--tenant", "-t", help="Tenant id declared in the spec."),
     user: str = typer.Option(..., "--user", "-u", help="Who or what uses the key (person, application)."),
     description: str = typer.Option("", "--description", "-d"),
+    priority: str | None = typer.Option(
+        None, "--priority", "-p",
+        help="Admission priority class of the key's requests, at or below the tenant's "
+        "(router.priority_classes; e.g. batch for a batch job's key)."),
     spec: Path | None = SpecOption,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Issue a key. The key is printed once; only its salted hash is stored."""
     cluster_spec = _load(spec)
-    if tenant not in {t.id for t in cluster_spec.tenants}:
+    tenants = {t.id: t for t in cluster_spec.tenants}
+    if tenant not in tenants:
         typer.echo(f"tenant {tenant!r} is not declared in the spec; declared: "
-                   f"{', '.join(t.id for t in cluster_spec.tenants) or 'none'}", err=True)
+                   f"{', '.join(tenants) or 'none'}", err=True)
         raise typer.Exit(1)
-    plaintext, record = _admin(cluster_spec).create(tenant, user, description)
+    if priority is not None:
+        names = [c.name for c in cluster_spec.router.priority_classes]
+        own = cluster_spec.router.priority_class_of(tenants[tenant])
+        if priority not in names or names.index(priority) < names.index(own):
+            typer.echo(f"--priority {priority!r}: tenant {tenant} is in class {own}; a key may have "
+                       f"that class or a lower one: {', '.join(names[names.index(own):])}", err=True)
+            raise typer.Exit(1)
+    plaintext, record = _admin(cluster_spec).create(tenant, user, description, priority)
     _emit({"key": plaintext, **record.public()}, as_json,
           [f"key id {record.key_id} for tenant {tenant}, user {user}:", plaintext,
            "store it now: it cannot be shown again"])

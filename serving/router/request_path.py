@@ -17,6 +17,7 @@ from serving.audit.trail import AuditTrail, redis_heads
 from serving.config import ServingConfig
 from serving.pii.step import PIIGuard
 from serving.request import Finisher, Step
+from serving.router.admission.priority import ResolvePriority
 from serving.router.feedback import FeedbackEndpoint
 from serving.router.pipeline import AccessLog, Authenticate, ParseRequest, ResolveModel
 from serving.store import StoreKeyspace, sync_client
@@ -61,7 +62,8 @@ def build_request_path(config: ServingConfig, store: Any, keyspace: StoreKeyspac
                            heads=redis_heads(sync_client(config.store), keyspace.audit_heads),
                            metrics=metrics)
     authenticate = Authenticate(config, keys=key_cache, oidc=oidc)
-    steps: list[Step] = [authenticate, ParseRequest(), ResolveModel(config), ConfidentialityPolicy(),
+    steps: list[Step] = [authenticate, ResolvePriority(config.router, config.tenants), ParseRequest(),
+                         ResolveModel(config), ConfidentialityPolicy(),
                          *PIIGuard.for_config(config, metrics), quota]
     finishers: list[Finisher] = [quota.settle, *([metrics.finished] if metrics is not None else []),
                                  AccessLog()]

@@ -97,8 +97,9 @@ class KeyAdmin:
             logger.warning("key change stored but not announced (%s); caches pick it up by polling",
                            type(exc).__name__)
 
-    def create(self, tenant: str, user: str, description: str = "") -> tuple[str, KeyRecord]:
-        plaintext, record = issue_key(tenant, user, description)
+    def create(self, tenant: str, user: str, description: str = "",
+               priority: str | None = None) -> tuple[str, KeyRecord]:
+        plaintext, record = issue_key(tenant, user, description, priority)
         self._save(record)
         return plaintext, record
 
@@ -129,7 +130,8 @@ class KeyAdmin:
         old = self.get(key_id)
         if old is None:
             raise KeyError(f"no API key with id {key_id}")
-        plaintext, record = self.create(old.tenant, old.user, old.description or f"rotated from {key_id}")
+        plaintext, record = self.create(old.tenant, old.user, old.description or f"rotated from {key_id}",
+                                        old.priority)
         self.revoke(key_id)
         return plaintext, record
 

@@ -1,4 +1,5 @@
-"""Admission gates: bounded slots and queue per model, fair refusal, spill-over to the alias's next model."""
+"""Admission gates: bounded slots and queue per model, fair refusal, spill-over to the alias's next model;
+priority classes and weighted fair queuing through the gate and the request-path step."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ import asyncio
 
 import pytest
 
-from serving.config import ModelRoute, RouterSettings
-from serving.request import APIError
+from serving.config import ModelRoute, RouterSettings, ServingConfig, TenantSettings
+from serving.request import APIError, Principal, RequestContext
 from serving.router.admission import Admission
+from serving.router.admission.priority import ResolvePriority
 from serving.router.endpoints import EndpointTable
 
 A = ModelRoute(id="a", max_model_len=128, max_ongoing_per_replica=2, max_queued_per_replica=2)
@@ -104,3 +106,168 @@ def test_no_live_replica_is_model_unavailable_with_retry_after():
         assert exc.value.status == 503 and exc.value.code == "model_unavailable"
         assert exc.value.headers["Retry-After"] == "5"  # when its ejection time is over
     asyncio.run(go())
+
+
+# -- priority classes and fair queuing (docs/scheduling.md, fair-admission) -----------------------
+
+STAFF = TenantSettings(id="staff", name="省", kind="agency")
+CITY = TenantSettings(id="city", name="市", kind="municipality")
+HEAVY = TenantSettings(id="heavy", name="重", kind="municipality", weight=2.0)
+NIGHTLY = TenantSettings(id="nightly", name="夜", kind="agency", priority="batch")
+TENANTS = (STAFF, CITY, HEAVY, NIGHTLY)
+ONE = ModelRoute(id="one", max_model_len=128, max_ongoing_per_replica=1, max_queued_per_replica=4)
+
+
+def fair(queue: int = 4, **settings) -> Admission:
+    s = RouterSettings(**{"max_queue_wait_s": 5.0, "tenant_max_share": 1.0, **settings})
+    route = ONE.model_copy(update={"max_queued_per_replica": queue})
+    return Admission([route], s, table({"one": 1}), TENANTS)
+
+
+async def _served_order(adm: Admission, arrivals: list[tuple[str, str | None]]) -> list[str]:
+    """Hold the only slot, queue `arrivals` (tenant, x-govllm-priority header) in order, then
+    release one by one; the request path's step resolves each request's class."""
+    model = adm.gates["one"].route
+    step = ResolvePriority(adm._settings, TENANTS)
+    _, holder = await adm.admit([model], "staff", set())
+    order: list[str] = []
+
+    async def one(tenant: str, asked: str | None, tag: str) -> None:
+        ctx = _ctx(tenant, asked)
+        await step(ctx)
+        _, slot = await adm.admit([model], tenant, set(), ctx.priority)
+        order.append(tag)
+        await asyncio.sleep(0)
+        slot.release()
+
+    tasks = [asyncio.create_task(one(t, p, f"{t}:{p or '-'}:{i}")) for i, (t, p) in enumerate(arrivals)]
+    await asyncio.sleep(0)
+    holder.release()
+    await asyncio.wait_for(asyncio.gather(*tasks), 2)
+    return order
+
+
+def test_tenants_get_their_class_from_the_spec_and_kind_defaults():
+    settings = RouterSettings()
+    assert [settings.priority_class_of(t) for t in TENANTS] == ["interactive", "api", "api", "batch"]
+    with pytest.raises(ValueError, match="unknown class 'urgent'"):
+        ServingConfig(models=[A], tenants=[TenantSettings(id="x", name="x", kind="agency", priority="urgent")])
+    with pytest.raises(ValueError, match="no router.priority_classes entry is default_for municipality"):
+        ServingConfig(models=[A], tenants=[CITY],
+                      router=RouterSettings(priority_classes=[{"name": "only", "default_for": ["agency"]}]))
+    with pytest.raises(ValueError, match="min_share must be 0"):
+        RouterSettings(priority_classes=[{"name": "a", "min_share": 0.1}])
+
+
+def test_a_freed_slot_goes_to_the_most_important_class_then_fair_between_tenants():
+    async def go():
+        adm = fair(queue=8)
+        order = await _served_order(adm, [("nightly", None), ("city", None), ("city", None),
+                                          ("heavy", None), ("staff", None)])
+        classes = [tag.split(":")[0] for tag in order]
+        assert classes[0] == "staff"  # interactive first
+        assert classes[1:4].count("city") == 2 and classes[1:4].count("heavy") == 1
+        assert classes[4] == "nightly"  # batch last (its min_share is not due within 4 slots)
+    asyncio.run(go())
+
+
+def test_weighted_shares_through_the_gate():
+    async def go():
+        adm = fair(queue=40)
+        order = await _served_order(adm, [("heavy", None)] * 20 + [("city", None)] * 20)
+        first = [tag.split(":")[0] for tag in order[:24]]
+        assert first.count("heavy") == 16 and first.count("city") == 8, first  # weight 2 : 1
+    asyncio.run(go())
+
+
+def test_a_request_may_lower_its_class_never_raise_it():
+    async def go():
+        adm = fair(queue=8)
+        order = await _served_order(adm, [("city", None), ("staff", "batch"), ("nightly", "interactive")])
+        tags = [tag.rsplit(":", 1)[0] for tag in order]
+        assert tags == ["city:-", "staff:batch", "nightly:interactive"]  # staff lowered; nightly stays batch
+    asyncio.run(go())
+
+
+def _ctx(tenant: str, header_value: str | None = None, key_priority: str | None = None) -> RequestContext:
+    headers = [(b"x-govllm-priority", header_value.encode())] if header_value is not None else []
+    return RequestContext(request_id="r", operation="chat", scope={"headers": headers},
+                          principal=Principal(tenant=tenant, user="u", priority=key_priority))
+
+
+def test_the_priority_step_lowers_caps_and_refuses_unknown_names():
+    async def go():
+        step = ResolvePriority(RouterSettings(), TENANTS)
+        cases = [(("staff",), "interactive"), (("staff", "batch"), "batch"), (("city", "Interactive"), "api"),
+                 (("city", None, "batch"), "batch"), (("staff", "api", "gone"), "batch"),
+                 (("nightly", "interactive"), "batch")]
+        for args, expected in cases:
+            ctx = _ctx(*args)
+            await step(ctx)
+            assert ctx.priority == expected, args
+            assert (b"x-govllm-priority", expected.encode()) in ctx.response_headers
+        with pytest.raises(APIError) as bad:
+            await step(_ctx("staff", "urgent"))
+        assert bad.value.status == 400 and bad.value.code == "invalid_priority"
+        assert bad.value.param == "x-govllm-priority" and "interactive, api, batch" in bad.value.message
+    asyncio.run(go())
+
+
+def test_a_full_class_queue_pushes_out_the_flood_not_the_newcomer():
+    async def go():
+        adm = fair(queue=2)
+        model = adm.gates["one"].route
+        await adm.admit([model], "staff", set())  # the only slot
+        flood = [asyncio.create_task(adm.admit([model], "city", set())) for _ in range(2)]
+        await asyncio.sleep(0)
+        quiet = asyncio.create_task(adm.admit([model], "heavy", set()))
+        await asyncio.wait([flood[1]], timeout=1)
+        assert flood[1].done() and not flood[0].done() and not quiet.done()
+        with pytest.raises(APIError) as pushed:
+            flood[1].result()
+        assert pushed.value.status == 429 and pushed.value.code == "tenant_share_exceeded"
+        assert int(pushed.value.headers["Retry-After"]) >= 1
+        with pytest.raises(APIError) as shed:  # city now has the longest queue: its own request is shed
+            await adm.admit([model], "city", set())
+        assert shed.value.status == 503 and shed.value.code == "model_overloaded"
+        gate = adm.gates["one"]
+        assert gate.by_tenant["city"] == 1 and gate.by_tenant["heavy"] == 1 and len(gate.waiters) == 2
+        for task in (flood[0], quiet):
+            task.cancel()
+        await asyncio.gather(flood[0], quiet, return_exceptions=True)
+    asyncio.run(go())
+
+
+def test_class_queues_are_separate_and_retry_after_counts_the_queue_ahead():
+    async def go():
+        adm = fair(queue=2)
+        model = adm.gates["one"].route
+        gate = adm.gates["one"]
+        gate.service_s = 10.0
+        await adm.admit([model], "staff", set())
+        waiting = [asyncio.create_task(adm.admit([model], t, set())) for t in ("nightly", "heavy", "nightly")]
+        await asyncio.sleep(0)
+        staff = asyncio.create_task(adm.admit([model], "staff", set()))  # batch's full queue is not its
+        await asyncio.sleep(0)
+        assert not staff.done() and gate.waiters.size(0) == 1
+        with pytest.raises(APIError) as batch:
+            await adm.admit([model], "nightly", set())  # batch queue full of nightly's own requests
+        assert batch.value.status == 503 and batch.value.code == "model_overloaded"
+        assert batch.value.headers["Retry-After"] == "50"  # (4 ahead + itself) x 10 s / 1 slot
+        assert gate.retry_after_s(0) == 20  # an interactive request has only its own class ahead
+        for task in waiting + [staff]:
+            task.cancel()
+        await asyncio.gather(*waiting, staff, return_exceptions=True)
+        assert not gate.waiters and gate.by_tenant == {"staff": 1}
+    asyncio.run(go())
+
+
+def test_an_api_key_carries_its_lower_class_to_the_principal():
+    from serving.api_keys import KeyRecord, issue_key, verify
+
+    plaintext, record = issue_key("staff", "nightly-job", priority="batch")
+    stored = KeyRecord.from_json(record.to_json())
+    assert stored.public()["priority"] == "batch"
+    assert verify(plaintext, {stored.key_id: stored}).priority == "batch"
+    legacy = record.to_json().replace(', "priority": "batch"', "")  # records issued before classes
+    assert KeyRecord.from_json(legacy).priority is None
