@@ -94,6 +94,32 @@ class ModelRoute(StrictModel):
         return "endpoint" if self.endpoint is not None else "self-hosted"
 
 
+class PriorityClass(StrictModel):
+    """One admission priority class (docs/scheduling.md, fair-admission).
+
+    Classes are listed most important first: when a model is saturated, a freed slot goes to
+    the first class with a waiting request, except that each later class is guaranteed
+    `min_share` of the slots handed out while it waits, so it is slowed, never starved.
+    """
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9-]{0,31}$", description="Class name (header value, metric label).")
+    min_share: float = Field(
+        default=0.0, ge=0, lt=1,
+        description="Share of freed slots this class gets while it has waiting requests, even "
+        "when a more important class is waiting too (0 for the first class).",
+    )
+    default_for: tuple[Literal["agency", "municipality"], ...] = Field(
+        default=(), description="Tenant kinds whose tenants are in this class unless they name one.",
+    )
+
+
+DEFAULT_PRIORITY_CLASSES = (
+    PriorityClass(name="interactive", default_for=("agency",)),
+    PriorityClass(name="api", min_share=0.2, default_for=("municipality",)),
+    PriorityClass(name="batch", min_share=0.05),
+)
+
+
 #: Environment variable holding the data-plane credential on every Ray node: model replicas
 #: refuse requests without it, and only router replicas send it.
 DATA_PLANE_TOKEN_ENV = "GOVLLM_DATA_PLANE_TOKEN"
@@ -190,6 +216,12 @@ class RouterSettings(StrictModel):
         description="When a model is saturated, a tenant already holding this share of its "
         "slots is refused with 429 instead of queued, so one tenant cannot starve the others.",
     )
+    priority_classes: tuple[PriorityClass, ...] = Field(
+        default=DEFAULT_PRIORITY_CLASSES, min_length=1,
+        description="Admission priority classes, most important first (docs/scheduling.md): "
+        "a saturated model serves the first class with waiting requests, fair between its "
+        "tenants by weight; later classes keep their min_share.",
+    )
     data_plane_token_env: str = Field(
         default=DATA_PLANE_TOKEN_ENV,
         description="Environment variable with the credential routers send to model replicas "
@@ -211,7 +243,28 @@ class RouterSettings(StrictModel):
                 f"router.max_replicas ({self.max_replicas}) must be >= "
                 f"router.min_replicas ({self.min_replicas})"
             )
+        names = [c.name for c in self.priority_classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"router.priority_classes: duplicate name(s) in {names}")
+        if self.priority_classes[0].min_share:
+            raise ValueError(f"router.priority_classes[0] ({names[0]}) is served first; its "
+                             "min_share must be 0")
+        if sum(c.min_share for c in self.priority_classes) >= 1:
+            raise ValueError("router.priority_classes: the min_share values must add up to less than 1")
+        kinds = [k for c in self.priority_classes for k in c.default_for]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("router.priority_classes: a tenant kind is default_for two classes")
         return self
+
+    def priority_class_of(self, tenant: TenantSettings) -> str:
+        """The tenant's admission class: its own `priority`, else its kind's default class."""
+        if tenant.priority is not None:
+            return tenant.priority
+        for cls in self.priority_classes:
+            if tenant.kind in cls.default_for:
+                return cls.name
+        raise ValueError(f"tenants[{tenant.id}].priority is not set and no router.priority_classes "
+                         f"entry is default_for {tenant.kind}")
 
 
 class OIDCSettings(StrictModel):
@@ -298,6 +351,16 @@ class TenantSettings(StrictModel):
         "specialised-1 RAG, specialised-2 fine-tuned.",
     )
     limits: TenantLimits = Field(default_factory=TenantLimits)
+    priority: str | None = Field(
+        default=None,
+        description="Admission priority class (router.priority_classes); unset: the class that "
+        "is default_for its kind (agencies interactive, municipalities api by default).",
+    )
+    weight: float = Field(
+        default=1.0, gt=0, le=1000,
+        description="Its share of a saturated model within its priority class, relative to the "
+        "other tenants of the class (weighted fair queuing).",
+    )
     pii: PIIPolicy | None = Field(
         default=None, description="Personal-information guard: detect, mask, refuse or route "
         "(docs/pii.md). Unset: requests are not scanned.",
@@ -423,6 +486,16 @@ def check_names(model_ids: Sequence[str], aliases: Mapping[str, Sequence[str]],
             raise ValueError(f"tenants[{tenant.id}].allowed_models: unknown model(s) {unknown}")
 
 
+def check_priorities(router: RouterSettings, tenants: Sequence[TenantSettings]) -> None:
+    """Every tenant's priority class exists (its own or its kind's default); ValueError if not."""
+    names = {c.name for c in router.priority_classes}
+    for tenant in tenants:
+        name = router.priority_class_of(tenant)
+        if name not in names:
+            raise ValueError(f"tenants[{tenant.id}].priority: unknown class {name!r} "
+                             f"(router.priority_classes: {', '.join(sorted(names))})")
+
+
 class ServingConfig(StrictModel):
     """Everything the router deployment is constructed with."""
 
@@ -442,6 +515,7 @@ class ServingConfig(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> ServingConfig:
         check_names([m.id for m in self.models], self.aliases, self.tenants)
+        check_priorities(self.router, self.tenants)
         return self
 
     def model(self, model_id: str) -> ModelRoute | None:

@@ -95,7 +95,7 @@ class RouterApp:
         table.eject_s = config.router.replica_eject_s
         table.choice = config.router.replica_choice
         table.balance_factor = config.router.prefix_affinity_balance_factor
-        self.admission = Admission(config.models, config.router, table)
+        self.admission = Admission(config.models, config.router, table, config.tenants)
         token = data_plane_token or os.environ.get(config.router.data_plane_token_env, "")
         begin, end = (audit.begin, audit.end) if audit else (_nothing, _nothing)
         if tracer is not None and audit is not None:  # serving/observability/tracing/spans.py

@@ -243,7 +243,8 @@ class Dispatcher:
         while True:
             try:
                 with self._trace.admission(ctx):
-                    model, slot = await self._admission.admit(ctx.candidates, tenant, excluded_models)
+                    model, slot = await self._admission.admit(ctx.candidates, tenant, excluded_models,
+                                                              ctx.priority)
             except APIError as exc:
                 if last is not None and exc.code == "model_unavailable":
                     raise (last if last.code in _CONTRACT_CODES
