@@ -8,7 +8,8 @@ Scenarios (user classes; weights in brackets; each class's task carries the tag 
 
 * StaffChatUser [50] "chat": multi-turn streaming conversations of everyday work.
 * DocumentTaskUser [10] "document": summarising/drafting over 2k-8k token documents.
-* RagUser [20] "rag": one retrieved context (identical for every user) plus a question.
+* RagUser [20] "rag": a retrieved context (one of --rag-documents, identical for every user)
+  plus a question.
 * MunicipalApiUser [10] "municipal": municipal tenants' own keys, small budgets; 429 = QUOTA.
 * MixedModelUser [10] "mixed": every model and alias from /v1/models in turn.
 
@@ -99,6 +100,9 @@ def _options(parser) -> None:
     g.add_argument("--doc-input-tokens", env_var="LOADTEST_DOC_INPUT_TOKENS", default="2000-8000",
                    help="Document task input length in tokens, MIN-MAX (clamped to the context)")
     g.add_argument("--rag-context-tokens", env_var="LOADTEST_RAG_CONTEXT_TOKENS", type=int, default=1500)
+    g.add_argument("--rag-documents", env_var="LOADTEST_RAG_DOCUMENTS", type=int, default=1,
+                   help="Distinct retrieved documents RAG users ask about (each request picks one "
+                        "at random): several documents, each asked several questions")
     g.add_argument("--chat-turns", env_var="LOADTEST_CHAT_TURNS", default="2-4")
     g.add_argument("--fixed-output", env_var="LOADTEST_FIXED_OUTPUT", default="true",
                    choices=["true", "false"],
@@ -143,6 +147,7 @@ class Settings:
     doc_output_tokens: tuple[int, int]
     doc_input_tokens: tuple[int, int]
     rag_context_tokens: int
+    rag_documents: int
     chat_turns: tuple[int, int]
     fixed_output: bool
     quota_backoff_max: float
@@ -186,6 +191,7 @@ def settings_from(opts) -> Settings:
         doc_output_tokens=_int_range(opts.doc_output_tokens, "--doc-output-tokens"),
         doc_input_tokens=_int_range(opts.doc_input_tokens, "--doc-input-tokens"),
         rag_context_tokens=opts.rag_context_tokens,
+        rag_documents=max(1, opts.rag_documents),
         chat_turns=_int_range(opts.chat_turns, "--chat-turns"),
         fixed_output=opts.fixed_output == "true",
         quota_backoff_max=opts.quota_backoff_max,
@@ -727,7 +733,7 @@ class DocumentTaskUser(LLMUser):
 
 
 class RagUser(LLMUser):
-    """A question over the same retrieved context for every user: shared prefixes repeat."""
+    """A question over a retrieved document (the same few for every user): shared prefixes repeat."""
 
     weight = 20
     scenario = "rag"
@@ -740,7 +746,7 @@ class RagUser(LLMUser):
         max_tokens = self.pick(self.settings.output_tokens)
         # sized for the largest output so every request of the run shares the same context
         chars, _ = budget.chars_for(self.settings.rag_context_tokens, self.settings.output_tokens[1] + 64)
-        context = prompts.rag_context(chars)
+        context = prompts.rag_context(chars, document=self.rng.randrange(self.settings.rag_documents))
         self.chat(scenario=self.scenario, model=model, max_tokens=max_tokens,
                   messages=[{"role": "system", "content": context},
                             {"role": "user", "content": prompts.rag_question(self.rng)}])

@@ -121,12 +121,17 @@ def document_task(rng: random.Random, target_chars: int) -> tuple[str, str]:
     return kind, f"{rng.choice(prompt_set()['document']['tasks'])}\n\n{text}"
 
 
-def rag_context(target_chars: int) -> str:
-    """The retrieved context: the same text for the same size in every process (shared prefix)."""
+def rag_context(target_chars: int, document: int = 0) -> str:
+    """The retrieved context: the same text for the same size and document in every process
+    (a shared prefix). Documents differ right after the common instruction (their own heading
+    and order of passages), as different retrieved documents do."""
     rag = prompt_set()["rag"]
-    passages = rag["passages"]
+    passages = list(rag["passages"])
     out = [rag["instruction"]]
-    size = len(out[0])
+    if document:
+        random.Random(document).shuffle(passages)
+        out.append(f"【資料{document + 1}】")
+    size = sum(len(p) + 1 for p in out)
     i = 0
     while size < target_chars:
         p = passages[i % len(passages)]

@@ -193,9 +193,10 @@ class RouterSettings(StrictModel):
         "random replicas; round_robin: in turn (docs/scheduling.md, prefix-affinity).",
     )
     prefix_affinity_chars: int = Field(
-        default=1024, ge=16,
+        default=512, ge=16,
         description="prefix_affinity: characters of a request's leading content (messages, "
-        "prompt) hashed into its prefix key; shorter requests have no key (least loaded).",
+        "prompt) hashed into its prefix key (about 350-500 tokens of Japanese); shorter "
+        "requests have no key and go to the least loaded replica.",
     )
     prefix_affinity_balance_factor: float = Field(
         default=1.5, ge=1.0,
