@@ -125,7 +125,8 @@ class ReplicaBounds(StrictModel):
     )
     max_queued_requests: int = Field(
         default=64, ge=0,
-        description="Requests the routers queue per replica when every slot is taken; beyond, 503.",
+        description="Requests the routers queue per replica and priority class when every slot "
+        "is taken; beyond, 503 (or 429 for the tenant with the longest queue).",
     )
 
     @model_validator(mode="after")

@@ -47,8 +47,9 @@ class ModelRoute(StrictModel):
     max_queued_per_replica: int = Field(
         default=64,
         ge=0,
-        description="Requests waiting in the routers for a slot, per live replica; beyond this "
-        "the router sheds with 503 and Retry-After.",
+        description="Requests waiting in the routers for a slot, per live replica and priority "
+        "class; beyond this the router sheds with 503 (429 to the tenant with the longest "
+        "queue) and Retry-After.",
     )
     pii: PIIPolicy | None = Field(
         default=None, description="Personal-information policy this model adds (stricter only; "

@@ -216,6 +216,7 @@ class AccessLog:
                     operation=ctx.operation,
                     model=model,
                     stream=ctx.stream,
+                    priority=ctx.priority,
                     status=ctx.status,
                     error_code=ctx.error_code,
                     usage=ctx.usage,

@@ -31,7 +31,7 @@ ERROR_CODES = frozenset({
     "context_length_exceeded", "data_plane_credential_required", "duplicate_header",
     "duplicate_key", "engine_failed", "engine_stalled", "feedback_already_given",
     "feedback_store_unavailable", "internal_error", "invalid_api_key", "invalid_confidentiality",
-    "invalid_content_length", "invalid_json", "invalid_request_body", "invalid_token",
+    "invalid_content_length", "invalid_json", "invalid_priority", "invalid_request_body", "invalid_token",
     "invalid_usage_type", "invalid_value", "key_store_unavailable", "method_not_allowed",
     "missing_api_key", "missing_required_parameter", "model_not_approved_for_confidentiality",
     "model_not_found", "model_not_permitted", "model_not_supported", "model_overloaded",
