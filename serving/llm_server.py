@@ -12,8 +12,9 @@ scaling replicas.
 
 Because data-plane requests bypass Serve's request accounting, the replica
 reports its own in-flight count as a custom autoscaling metric
-(`record_autoscaling_stats`), which serving/autoscaling.py turns into a
-replica count.
+(`record_autoscaling_stats`), with its share of the requests waiting for its
+model in the routers' queues (learnt from the registry's heartbeat answer),
+which serving/autoscaling.py turns into a replica count.
 
 A hung engine (alive, so vLLM's `/health` passes, but producing nothing)
 is noticed here: while requests are in flight, the engine's own token
@@ -43,7 +44,7 @@ from typing import Any
 from ray import serve
 from ray.serve.llm.deployment import LLMServer
 
-from serving.autoscaling import ONGOING_METRIC
+from serving.autoscaling import ONGOING_METRIC, QUEUED_METRIC
 from serving.logs import attach_to_serve_logs
 from serving.model_kinds import OPERATION_PATHS
 from serving.observability.tracing.logs import quiet_export_logs
@@ -189,6 +190,7 @@ class DataPlaneLLMServer(LLMServer):
         app = await self.engine.build_asgi_app()
         self._gate = DataPlaneGate(app, token)
         self._stall = StallWatch(engine_stall_s)
+        self._queued_share = 0.0  # of the requests waiting in the routers (registry heartbeat)
         sock = socket.socket(socket.AF_INET6 if ":" in data_plane_host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((data_plane_host, data_plane_port))
@@ -247,15 +249,24 @@ class DataPlaneLLMServer(LLMServer):
                 await asyncio.sleep(HEARTBEAT_S)
                 continue
             try:
-                await self._registry.heartbeat.remote(
+                self._queued_share = float(await self._registry.heartbeat.remote(
                     self._model_id, self._replica_id, self._url, self._gate.ongoing
-                )
+                ) or 0.0)
             except Exception as exc:  # the registry restarts; keep beating
                 logger.warning("endpoint registry heartbeat failed: %s", exc)
             await asyncio.sleep(HEARTBEAT_S)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        return {ONGOING_METRIC: float(self._gate.ongoing)}
+        """In-flight data-plane requests, and this replica's share of those waiting for its
+        model in the routers' queues (the registry's heartbeat answer)."""
+        return {ONGOING_METRIC: float(self._gate.ongoing),
+                QUEUED_METRIC: self._queued_share}
+
+    async def wake(self) -> bool:
+        """Does nothing: routers call it through this deployment's Serve handle to wake an
+        on-demand model at zero replicas. While no replica exists the call waits in the
+        handle's queue, which Serve's autoscaler counts (serving/router/cold_start.py)."""
+        return True
 
     async def check_health(self) -> None:
         if self._server_task.done():

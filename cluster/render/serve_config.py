@@ -15,6 +15,7 @@ from typing import Any
 
 from cluster.render.target import LOCAL, RenderTarget
 from cluster.sizing.cluster_plan import ClusterPlan, ModelPlan, plan_cluster
+from cluster.sizing.cpu_plan import plan_cpu_model
 from cluster.sizing.inputs import PlanDoesNotFit
 from cluster.spec.schema import ClusterSpec, ModelSpec
 from serving.app_args import AppArgs
@@ -74,6 +75,8 @@ def llm_config(
     if spec.engine.device == "cpu":
         engine_kwargs.update(CPU_ENGINE_DEFAULTS)
         env_vars["VLLM_CPU_KVCACHE_SPACE"] = str(spec.engine.cpu_kv_cache_space_gib)
+        if spec.engine.cpu_omp_threads_bind != "auto":  # auto: vLLM's default, left unset
+            env_vars["VLLM_CPU_OMP_THREADS_BIND"] = spec.engine.cpu_omp_threads_bind
         extra["accelerator_type"] = None
         extra["placement_group_config"] = {"bundles": [{"CPU": spec.engine.cpus_per_replica}]}
     engine_kwargs.update(spec.engine.engine_kwargs)
@@ -85,9 +88,11 @@ def llm_config(
     engine_kwargs.update(tracing_kwargs)  # vLLM's own request span (serving/observability/tracing/engine.py)
     env_vars.update(tracing_env)
     engine_kwargs["max_model_len"] = model.max_model_len
-    min_replicas, max_replicas = model.replicas.min, model.replicas.max
-    ongoing_target = model.replicas.target_ongoing_requests
-    if spec.engine.device == "gpu":
+    if spec.engine.device == "cpu":
+        cpu_plan = plan_cpu_model(model)
+        min_replicas, max_replicas = cpu_plan.min_replicas, cpu_plan.max_replicas
+        ongoing_target = cpu_plan.target_ongoing_requests
+    else:
         planned = _required(model_plan, model)
         sizing = planned.sizing
         if not sizing.fits:
@@ -114,6 +119,7 @@ def llm_config(
                 "max_replicas": max_replicas,
                 "target_ongoing_requests": ongoing_target,
                 "policy": {"policy_function": AUTOSCALING_POLICY_IMPORT_PATH},
+                **spec.autoscaling.serve_options(),  # delays; unset: Serve's defaults
             },
         },
         **extra,
@@ -213,6 +219,15 @@ def replica_capacity(spec: ClusterSpec, model: ModelSpec,
     return model.replicas.max_ongoing_requests, model.replicas.max_queued_requests
 
 
+def rendered_min_replicas(spec: ClusterSpec, model: ModelSpec, model_plan: ModelPlan | None = None) -> int | None:
+    """The model's rendered min_replicas (0: on demand); None for a vendor endpoint."""
+    if model.source.endpoint is not None:
+        return None
+    if spec.engine.device == "gpu":
+        return _required(model_plan, model).bounds.min_replicas
+    return plan_cpu_model(model).min_replicas
+
+
 def store_settings(spec: ClusterSpec, target: RenderTarget = LOCAL) -> StoreSettings:
     """How the router and the CLI reach the shared store."""
     return StoreSettings(
@@ -249,6 +264,7 @@ def serving_config(spec: ClusterSpec, *, plans: dict[str, ModelPlan] | None = No
                 tool_call_parser=m.tool_call_parser,
                 reasoning_parser=m.reasoning_parser,
                 pii=m.pii,
+                on_demand=rendered_min_replicas(spec, m, (plans or {}).get(m.id)) == 0,
             )
             for m in spec.models
         ),

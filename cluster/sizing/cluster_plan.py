@@ -8,7 +8,7 @@ table an operator reads and the LLMConfig Ray Serve runs.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,8 @@ def plan_model(spec: ClusterSpec, model: ModelSpec, spec_dir: Path, *,
         requests_per_s_per_replica=per_replica,
         floor=load.min_replicas,
     )
+    if model.sizing is not None and model.sizing.on_demand:  # scale to zero when idle
+        bounds = replace(bounds, min_replicas=0)
     return ModelPlan(model_id=model.id, sizing=sizing, traffic_share=share, bounds=bounds)
 
 

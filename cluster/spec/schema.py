@@ -22,6 +22,7 @@ from cluster.catalog.vllm_features import (
 from cluster.devmodels import FAMILIES as DEV_MODEL_FAMILIES
 from cluster.devmodels import RERANK_FAMILIES as DEV_RERANK_FAMILIES
 from cluster.devmodels import TOOL_FORMATS as DEV_TOOL_FORMATS
+from cluster.spec.autoscaling import AutoscalingSpec
 from cluster.spec.sizing import PLANNED_ENGINE_KWARGS, GpuPool, LoadSpec, ModelSizing
 from serving.config import (
     MODEL_ID_PATTERN,
@@ -108,17 +109,19 @@ class ModelSource(StrictModel):
 
 
 class ReplicaBounds(StrictModel):
-    """Replica bounds for one model; the sizing planner fills these for GPU pools."""
+    """Replica bounds for one model; the sizing planner fills these for GPU pools.
+
+    The autoscaling target (in-flight requests per replica) is derived by the planner from
+    max_ongoing_requests (cluster/sizing/throughput.py), never typed here.
+    """
 
     min: int = Field(
         default=1,
-        ge=1,
-        description="At least 1: data-plane traffic bypasses Serve handles, so scale-from-zero has no signal.",
+        ge=0,
+        description="0: on demand (scale to zero): no replica while idle; the first request "
+        "wakes one and waits up to router.cold_start_wait_s (docs/scheduling.md).",
     )
     max: int = Field(default=1, ge=1)
-    target_ongoing_requests: int = Field(
-        default=16, ge=1, description="In-flight requests per replica the autoscaler aims for."
-    )
     max_ongoing_requests: int = Field(
         default=64, ge=1,
         description="Requests one replica runs at once; the routers admit no more per replica.",
@@ -128,6 +131,16 @@ class ReplicaBounds(StrictModel):
         description="Requests the routers queue per replica and priority class when every slot "
         "is taken; beyond, 503 (or 429 for the tenant with the longest queue).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_typed_target(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "target_ongoing_requests" in data:
+            raise ValueError(
+                "replicas.target_ongoing_requests is no longer set by hand: the planner derives "
+                "the autoscaling target from replicas.max_ongoing_requests (80 % of it; `govllm "
+                "plan` shows it). Remove the field, or set max_ongoing_requests instead")
+        return data
 
     @model_validator(mode="after")
     def _ordered(self) -> ReplicaBounds:
@@ -299,6 +312,16 @@ class EngineSpec(StrictModel):
     cpus_per_replica: float = Field(
         default=1.0, gt=0, description="Ray CPUs reserved for each model replica."
     )
+    cpu_omp_threads_bind: str = Field(
+        default="auto",
+        pattern=r"^(auto|nobind|[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*)$",
+        description=(
+            "Cores the CPU engine's OpenMP threads are bound to (VLLM_CPU_OMP_THREADS_BIND): "
+            "auto (vLLM's choice: the first core of each NUMA node, keeping one for the rest), "
+            "nobind, or a core list such as 0 or 0-3,8. Every CPU model on a host gets the "
+            "same cores; see docs/scheduling.md, router capacity."
+        ),
+    )
     metrics_exporter: Literal["vllm", "ray"] = Field(
         default="vllm",
         description=(
@@ -404,6 +427,10 @@ class ClusterSpec(StrictModel):
         description="OpenTelemetry traces of the router and the engines (docs/observability.md).",
     )
     ray: RaySpec = Field(default_factory=RaySpec)
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec,
+        description="Ray Serve's scaling delays for every model (unset: Serve's defaults).",
+    )
     load: LoadSpec | None = Field(default=None, description="GPU engines: expected peak load.")
     gpu_pools: list[GpuPool] = Field(
         default_factory=list, description="GPU engines: the GPU classes the cluster may use."

@@ -83,6 +83,12 @@ class ModelSizing(StrictModel):
     overhead_gib: float | None = Field(
         default=None, ge=0, description="Measured non-KV overhead per GPU (replaces the estimate)."
     )
+    on_demand: bool = Field(
+        default=False,
+        description="Scale to zero replicas when idle: the planner sets min replicas 0; the first "
+        "request wakes a replica and waits up to router.cold_start_wait_s (loading the weights "
+        "takes minutes on GPUs; docs/scheduling.md).",
+    )
 
     @field_validator("catalog")
     @classmethod

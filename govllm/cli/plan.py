@@ -16,10 +16,11 @@ from rich.console import Console
 
 from cluster.catalog.cards import CatalogError
 from cluster.sizing.cluster_plan import plan_cluster
+from cluster.sizing.cpu_plan import plan_cpu_models
 from cluster.sizing.inputs import PlanningError, request_for
 from cluster.sizing.planner import plan
 from cluster.spec.schema import SpecError, load_spec
-from govllm.cli.plan_report import print_cluster, print_plan
+from govllm.cli.plan_report import cpu_plan_json, print_cluster, print_cpu_plan, print_plan
 
 FITS, BAD_INPUT, DOES_NOT_FIT = 0, 1, 2
 
@@ -61,6 +62,10 @@ def run_plan(*, model: str | None, gpu: str | None, quantization: str, kv_cache_
 def _run_spec(path: Path, as_json: bool) -> int:
     try:
         cluster_spec, spec_dir = load_spec(path)
+        if cluster_spec.engine.device == "cpu":  # sized as written: bounds and scaling targets
+            plans = plan_cpu_models(cluster_spec)
+            return _emit(as_json, lambda: cpu_plan_json(cluster_spec, plans),
+                         lambda: print_cpu_plan(cluster_spec, plans, _console()), [])
         cluster = plan_cluster(cluster_spec, spec_dir)
     except (SpecError, CatalogError, PlanningError) as exc:
         return _fail(str(exc))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
 from cluster.sizing.cluster_plan import ClusterPlan
+from cluster.sizing.cpu_plan import CpuModelPlan
 from cluster.sizing.memory import GIB
 from cluster.sizing.planner import SizingPlan
+from cluster.spec.schema import ClusterSpec
 
 
 def _gib(n: int) -> str:
@@ -110,3 +114,23 @@ def print_cluster(cluster: ClusterPlan, console: Console) -> None:
     console.print(totals_table(cluster))
     if cluster.endpoints:
         console.print(endpoints_table(cluster))
+
+
+def cpu_plan_json(spec: ClusterSpec, plans: list[CpuModelPlan]) -> dict[str, Any]:
+    """A CPU spec's scaling plan: per model, its bounds and autoscaling target."""
+    return {"device": "cpu", "models": [p.to_json() for p in plans],
+            "autoscaling": spec.autoscaling.serve_options()}
+
+
+def print_cpu_plan(spec: ClusterSpec, plans: list[CpuModelPlan], console: Console) -> None:
+    table = Table(title=f"{spec.name}: CPU models, sized as written (replicas)", title_justify="left")
+    for column in ("model", "replicas", "runs at once", "autoscaling target", "on demand"):
+        table.add_column(column)
+    for p in plans:
+        table.add_row(p.model_id, f"{p.min_replicas}..{p.max_replicas}", str(p.max_ongoing_requests),
+                      f"{p.target_ongoing_requests} ongoing requests per replica",
+                      "yes (scales to zero)" if p.on_demand else "no")
+    console.print(table)
+    delays = spec.autoscaling.serve_options()
+    console.print("autoscaling delays: " + (", ".join(f"{k} {v:g}" for k, v in delays.items())
+                                            or "Ray Serve's defaults"))

@@ -55,6 +55,11 @@ class ModelRoute(StrictModel):
         default=None, description="Personal-information policy this model adds (stricter only; "
         "docs/pii.md).",
     )
+    on_demand: bool = Field(
+        default=False,
+        description="Scales to zero replicas: a request finding none wakes one and waits up "
+        "to router.cold_start_wait_s (serving/router/cold_start.py).",
+    )
     endpoint: VendorEndpoint | None = Field(
         default=None,
         description="Set for a vendor-hosted model: the router sends its requests there "
@@ -209,9 +214,11 @@ class RouterSettings(StrictModel):
         default=30.0, gt=0,
         description="Longest time a request waits in a router's queue for a model slot (then 503).",
     )
-    max_queue_wait_s: float = Field(
-        default=30.0, gt=0,
-        description="Longest time a request waits in a router's queue for a model slot (then 503).",
+    cold_start_wait_s: float = Field(
+        default=60.0, gt=0,
+        description="Longest time a request for an on-demand model (replicas.min 0) with no "
+        "replica waits for one to start; then 503 model_starting with Retry-After. The wait "
+        "holds no admission slot.",
     )
     tenant_max_share: float = Field(
         default=0.5, gt=0, le=1,

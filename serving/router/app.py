@@ -310,7 +310,9 @@ class RouterApp:
         replicas = {m.id: self.table.replica_count(m.id) for m in self.config.models}
         stale_s = time.monotonic() - self.table.refreshed_at
         fresh = stale_s < max(10.0, 5 * self.config.router.registry_refresh_s)
-        ready = fresh and all(n > 0 for m, n in replicas.items() if m not in self.table.static)
+        on_demand = {m.id for m in self.config.models if m.on_demand}  # may be at zero replicas
+        ready = fresh and all(n > 0 for m, n in replicas.items()
+                              if m not in self.table.static and m not in on_demand)
         quota = self.quota
         await send_json(
             send,

@@ -24,6 +24,7 @@ from ray import serve
 from serving.config import ServingConfig
 from serving.logs import attach_to_serve_logs
 from serving.router.app import RouterApp
+from serving.router.cold_start import ColdStart
 from serving.router.endpoints import EndpointTable
 from serving.router.metrics import MetricsSampler, RouterMetrics
 from serving.router.request_path import build_request_path
@@ -37,8 +38,8 @@ logger = logging.getLogger("govllm.router")
 class Router:
     async def __init__(self, config: dict, registry, models: dict | None = None) -> None:
         # `models` (handles to the LLM deployments) is bound so that Serve deploys them as part
-        # of this application; requests never use them (the data plane is HTTP).
-        del models
+        # of this application; requests never use them (the data plane is HTTP). They only wake
+        # an on-demand model at zero replicas (serving/router/cold_start.py).
         attach_to_serve_logs()  # the access log and govllm's warnings in this replica's Serve log
         cfg = ServingConfig.model_validate(config)
         self._config = cfg
@@ -75,6 +76,11 @@ class Router:
                                              timeout_s=cfg.store.timeout_s)
                        for m in cfg.models if m.endpoint is not None and m.endpoint.limits},
         )
+        on_demand = {m.id for m in cfg.models if m.on_demand}
+        if on_demand:
+            self._app.dispatcher.cold_start = ColdStart(
+                self._app.table, {k: v for k, v in (models or {}).items() if k in on_demand},
+                wait_s=cfg.router.cold_start_wait_s)
         await self._refresh_endpoints()
         loop = asyncio.get_running_loop()
         background = [
@@ -95,8 +101,9 @@ class Router:
         return self._app
 
     async def _refresh_endpoints(self) -> None:
+        queued = {m: len(g.waiters) for m, g in self._app.admission.gates.items() if len(g.waiters)}
         view = await self._registry.router_view.remote(self._replica_id,
-                                                       self._app.table.take_reports())
+                                                       self._app.table.take_reports(), queued)
         self._app.table.update(view["endpoints"], routers=view["routers"])
         self._app.admission.resize()
 
@@ -124,6 +131,8 @@ class Router:
                 pass
         app = getattr(self, "_app", None)
         if app is not None:
+            if app.dispatcher.cold_start is not None:
+                await app.dispatcher.cold_start.close()
             await app.dispatcher.close()
         if getattr(self, "_audit", None) is not None:
             await asyncio.to_thread(self._audit.close)

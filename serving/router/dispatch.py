@@ -60,6 +60,7 @@ from serving.observability.tracing.off import NO_TRACING
 from serving.request import APIError, RequestContext
 from serving.router.admission import Admission
 from serving.router.asgi import Send
+from serving.router.cold_start import ColdStart
 from serving.router.endpoints import Endpoint, EndpointTable
 from serving.router.metering import StreamMeter, upstream_stream_options
 from serving.router.replica_choice import prefix_key
@@ -118,6 +119,9 @@ class Dispatcher:
         self._auth = f"Bearer {data_plane_token}"
         self._session: aiohttp.ClientSession | None = None
         self.failovers: Counter[str] = Counter()  # per model (serving/router/metrics/sampler.py)
+        #: Wakes on-demand models at zero replicas (serving/router/cold_start.py); set by the
+        #: router deployment, which holds the models' Serve handles.
+        self.cold_start: ColdStart | None = None
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -235,6 +239,8 @@ class Dispatcher:
         headers = {"Content-Type": "application/json", "X-Request-Id": ctx.request_id,
                    "Authorization": self._auth}
         tenant = ctx.tenant.id if ctx.tenant else "anonymous"
+        if self.cold_start is not None:  # an on-demand model at zero: wake it, wait (no slot held)
+            await self.cold_start.ready(ctx.candidates)
         excluded_models: set[str] = set()
         tried: set[str] = set()
         engine_retries = _ENGINE_RETRIES

@@ -314,6 +314,35 @@ def test_rayservices_follow_the_operator_rules(rendered):
         assert kuberay_rule_violations(rayservice(docs)) == [], variant
 
 
+def test_on_demand_model_renders_min_zero_in_serve_config_and_its_pods(tmp_path, crd_validator):
+    """A GPU model marked sizing.on_demand: min_replicas 0 in serveConfigV2, an on-demand route
+    for the routers, and its GPU group (it is alone on a100-40gb) may shrink to 0 pods."""
+    from cluster.spec.schema import parse_spec
+
+    cluster_spec, spec_dir = load_spec(SPEC)
+    data = cluster_spec.model_dump(mode="json", exclude_unset=True)
+    (model,) = [m for m in data["models"] if m["id"] == "sarashina2.2-3b"]
+    model["sizing"]["on_demand"] = True
+    on_demand_spec = parse_spec(data)
+    path = tmp_path / "plan.yaml"
+    path.write_text(render_text(helm_values(on_demand_spec, spec_dir, source="on-demand.yaml"),
+                                source="on-demand.yaml"))
+    proc = helm("template", "govllm", str(CHART), "--namespace", "govllm", "-f", str(path), *SITE)
+    rs = rayservice([d for d in yaml.safe_load_all(proc.stdout) if d])
+    assert kuberay_rule_violations(rs) == [] and crd_errors(crd_validator, rs) == []
+    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]["args"]
+    auto = {c["model_loading_config"]["model_id"]: c["deployment_config"]["autoscaling_config"]
+            for c in app["llm_configs"]}
+    assert auto["sarashina2.2-3b"]["min_replicas"] == auto["sarashina2.2-3b"]["initial_replicas"] == 0
+    assert auto["sarashina2.2-3b"]["max_replicas"] >= 1
+    assert all(a["min_replicas"] >= 1 for m, a in auto.items() if m != "sarashina2.2-3b")
+    routes = {m["id"]: m for m in app["serving"]["models"]}
+    assert routes["sarashina2.2-3b"]["on_demand"] and not routes["elyza-jp-8b"]["on_demand"]
+    groups = {g["groupName"]: g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    assert groups["a100-40gb"]["minReplicas"] == groups["a100-40gb"]["replicas"] == 0
+    assert groups["a100-40gb"]["maxReplicas"] >= 1
+
+
 def test_incremental_upgrade_renders_valid(plan_file, crd_validator):
     proc = helm("template", "x", str(CHART), "-f", str(plan_file), *SITE, "--set",
                 "rayService.upgradeStrategy.type=NewClusterWithIncrementalUpgrade",

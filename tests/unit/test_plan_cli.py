@@ -97,9 +97,24 @@ def test_spec_plan_prints_gpus_per_class():
     assert "GPUs per class" in table.stdout and "h100-80gb" in table.stdout
 
 
-def test_spec_with_cpu_engine_is_refused():
-    result = run("--spec", str(EXAMPLE.parent / "local.yaml"))
-    assert result.exit_code == 1 and "engine.device cpu" in result.stderr
+def test_cpu_spec_shows_bounds_and_derived_autoscaling_targets():
+    """CPU specs are sized as written; the target is the planner's (80 % of max_ongoing)."""
+    from cluster.sizing.throughput import autoscaling_target
+    from cluster.spec.schema import load_spec
+
+    path = EXAMPLE.parent / "local-scaling.yaml"
+    spec, _ = load_spec(path)
+    result = run("--spec", str(path), "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [m["model_id"] for m in data["models"]] == [m.id for m in spec.self_hosted()]
+    for shown, model in zip(data["models"], spec.self_hosted(), strict=True):
+        assert shown["target_ongoing_requests"] == autoscaling_target(model.replicas.max_ongoing_requests)
+        assert (shown["min_replicas"], shown["max_replicas"]) == (model.replicas.min, model.replicas.max)
+        assert shown["on_demand"] == (model.replicas.min == 0)
+    assert data["autoscaling"] == spec.autoscaling.serve_options()
+    table = run("--spec", str(path))
+    assert "autoscaling target" in table.stdout and "tiny-qwen2-ja" in table.stdout
 
 
 def test_spec_plan_reports_vendor_endpoints_as_not_sized():

@@ -181,6 +181,7 @@ def test_autoscaling_policy():
         target_num_replicas = 3
         current_num_replicas = 3
         aggregated_metrics = {ONGOING_METRIC: {"r1": 10.0, "r2": 15.0}}
+        total_queued_requests = 0.0
 
     assert data_plane_policy(Ctx())[0] == 4
     Ctx.aggregated_metrics = {}

@@ -50,7 +50,8 @@ def test_default_spec_is_valid_and_has_two_families():
         ({"models__0__source__dev_model": {"family": "gpt5"}}, "models.0.source.dev_model.family", "unknown"),
         ({"models__0__id": "bad id!"}, "models.0.id", "pattern"),
         ({"models__0__replicas": {"min": 3, "max": 1}}, "models.0.replicas", "must be >="),
-        ({"models__0__replicas": {"min": 0, "max": 1}}, "models.0.replicas.min", "greater than or equal to 1"),
+        ({"models__0__replicas": {"min": -1, "max": 1}}, "models.0.replicas.min", "greater than or equal to 0"),
+        ({"models__0__replicas": {"target_ongoing_requests": 8}}, "models.0.replicas", "no longer set by hand"),
         ({"models__0__engine_kwargs": {"max_model_len": 9}}, "models.0.engine_kwargs", "models[].max_model_len"),
         ({"engine__engine_kwargs": {"tensor_parallel_size": 2}}, "engine.engine_kwargs", "sizing planner"),
         ({"engine__device": "tpu"}, "engine.device", "'cpu' or 'gpu'"),
@@ -124,3 +125,15 @@ def test_rendered_llm_configs_are_valid_ray_llm_configs():
     ServingConfig.model_validate(args["serving"])
     for cfg in args["llm_configs"]:
         assert LLMConfig.model_validate(cfg).model_id
+
+
+def test_cpu_engine_thread_binding_is_rendered_from_the_spec():
+    """The engine's OpenMP cores reach every CPU model's replicas as vLLM's own variable;
+    `auto` leaves vLLM's default alone, and a malformed list is refused at parse time."""
+    spec, spec_dir = parse_spec(spec_with(engine__cpu_omp_threads_bind="0"), source="t.yaml"), DEFAULT_SPEC_PATH.parent
+    for cfg in app_args(spec, spec_dir).to_config()["llm_configs"]:
+        assert cfg["runtime_env"]["env_vars"]["VLLM_CPU_OMP_THREADS_BIND"] == "0"
+    default, _ = load_spec()
+    for cfg in app_args(default, spec_dir).to_config()["llm_configs"]:
+        assert "VLLM_CPU_OMP_THREADS_BIND" not in cfg["runtime_env"]["env_vars"]
+    assert "cpu_omp_threads_bind" in error_of(spec_with(engine__cpu_omp_threads_bind="core 0"))
