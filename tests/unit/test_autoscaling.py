@@ -189,3 +189,22 @@ def test_cold_start_does_not_wait_when_a_fallback_is_live_or_the_model_is_not_on
         await cold.close()
 
     asyncio.run(go())
+
+
+def test_gpu_model_on_demand_gets_min_zero_from_the_planner():
+    from cluster.render.serve_config import app_args
+    from cluster.sizing.cluster_plan import plan_cluster
+
+    spec, spec_dir = load_spec("cluster/specs/gov-cloud-example.yaml")
+    data = spec.model_dump(mode="json", exclude_unset=True)
+    (model,) = [m for m in data["models"] if m["id"] == "sarashina2.2-3b"]
+    model["sizing"]["on_demand"] = True
+    on_demand = parse_spec(data)
+    before = {m.model_id: m.bounds for m in plan_cluster(spec, spec_dir).models}
+    after = {m.model_id: m.bounds for m in plan_cluster(on_demand, spec_dir).models}
+    assert after["sarashina2.2-3b"].min_replicas == 0
+    assert after["sarashina2.2-3b"].max_replicas == before["sarashina2.2-3b"].max_replicas >= 1
+    assert {k: v for k, v in after.items() if k != "sarashina2.2-3b"} == {
+        k: v for k, v in before.items() if k != "sarashina2.2-3b"}
+    routes = {m.id: m for m in app_args(on_demand, spec_dir).serving.models}
+    assert routes["sarashina2.2-3b"].on_demand and not routes["elyza-jp-8b"].on_demand
