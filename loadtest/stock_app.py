@@ -1,7 +1,11 @@
 """Stock Ray Serve LLM (`build_openai_app`), the baseline (b) of `make bench`.
 
 Nothing here is govllm's: one LLMConfig with the same engine arguments as the
-other stacks, Serve's default proxy and Ray Serve LLM's default ingress.
+other stacks, Serve's default proxy and Ray Serve LLM's default ingress. With
+RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_LLM_ENABLE_DIRECT_STREAMING=1 in the
+environment (bench_stacks' `stock-direct`), the same call builds Ray's direct
+streaming instead: HAProxy asks the ingress's /internal/route for a replica and
+streams from that replica's own HTTP port.
 Runs until SIGINT/SIGTERM.
 """
 
@@ -20,6 +24,8 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--stream-batching-interval-ms", type=float, default=None,
                         help="Override Ray Serve LLM's 50 ms default (for the 'what we tried' rows).")
+    parser.add_argument("--omp-threads-bind", default="auto",
+                        help="The engine's VLLM_CPU_OMP_THREADS_BIND (the same for every stack compared).")
     args = parser.parse_args()
 
     import ray
@@ -40,7 +46,8 @@ def main() -> None:
             accelerator_type=None,
             placement_group_config={"bundles": [{"CPU": 1}]},
             engine_kwargs={"dtype": "float32", "enforce_eager": True, "max_model_len": args.max_model_len},
-            runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1"}},
+            runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1",
+                                      "VLLM_CPU_OMP_THREADS_BIND": args.omp_threads_bind}},
             experimental_configs=experimental,
         )
         serve.run(build_openai_app({"llm_configs": [config]}), blocking=False)
