@@ -94,7 +94,8 @@ def keys_list(
     records = _admin(_load(spec)).list(tenant, include_revoked)
     rows = [r.public() for r in records]
     lines = [f"{r['key_id']}  {r['tenant']:<20} {r['user']:<20} "
-             f"{'REVOKED' if r['revoked_at'] else 'active':<8} {r['description']}" for r in rows]
+             f"{'REVOKED' if r['revoked_at'] else 'active':<8} "
+             f"{'priority ' + r['priority'] + '  ' if r.get('priority') else ''}{r['description']}" for r in rows]
     _emit(rows, as_json, lines or ["no keys"])
 
 

@@ -271,3 +271,15 @@ def test_an_api_key_carries_its_lower_class_to_the_principal():
     assert verify(plaintext, {stored.key_id: stored}).priority == "batch"
     legacy = record.to_json().replace(', "priority": "batch"', "")  # records issued before classes
     assert KeyRecord.from_json(legacy).priority is None
+
+
+def test_a_key_may_not_be_issued_above_its_tenants_class():
+    from typer.testing import CliRunner
+
+    from cluster.spec.schema import DEFAULT_SPEC_PATH
+    from govllm.cli.main import app
+
+    # refused before the key store is touched: sample-city is a municipality (class api)
+    out = CliRunner().invoke(app, ["keys", "create", "--tenant", "sample-city", "--user", "u",
+                                   "--priority", "interactive", "--spec", str(DEFAULT_SPEC_PATH)])
+    assert out.exit_code == 1 and "a key may have that class or a lower one: api, batch" in out.output
