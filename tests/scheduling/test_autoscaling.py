@@ -91,7 +91,8 @@ def test_load_spike_scales_up_and_its_end_scales_down(scaling_stack, scaling_cli
     wait_for(scaling_stack, SCALING, lambda n: n == 1, SCALE_WAIT_S, "one replica before the spike")
     stop = threading.Event()
     answered = [0] * SPIKE_STREAMS
-    errors: list[str] = []
+    refused: list[int] = []  # 429 tenant_share_exceeded / 503 model_overloaded: admission at work
+    errors: list[str] = []   # anything else
 
     def stream(i: int) -> None:
         client = scaling_client.with_options(timeout=120)
@@ -103,8 +104,10 @@ def test_load_spike_scales_up_and_its_end_scales_down(scaling_stack, scaling_cli
                 for _ in chunks:
                     pass
                 answered[i] += 1
-            except Exception as exc:  # an overload refusal is allowed under a spike; counted
-                errors.append(type(exc).__name__)
+            except Exception as exc:
+                status = getattr(exc, "status_code", None)
+                # one tenant's spike: beyond its share of a saturated model it gets 429
+                (refused.append(status) if status in (429, 503) else errors.append(repr(exc)[:200]))
                 time.sleep(0.5)
 
     workers = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(SPIKE_STREAMS)]
@@ -119,13 +122,13 @@ def test_load_spike_scales_up_and_its_end_scales_down(scaling_stack, scaling_cli
         stop.set()
         for w in workers:
             w.join(130)
-    calm = time.monotonic()
     down_s = wait_for(scaling_stack, SCALING, lambda n: n == 1, SCALE_WAIT_S, "scale-down to 1")
-    assert sum(answered) > 0 and len(errors) < sum(answered), (answered, errors[:5])
     print(f"\n[autoscaling] {SCALING} spike of {SPIKE_STREAMS} streams: 2 replicas after {up_s:.1f} s, "
           f"3 after {full_s:.1f} s (+{top_s:.1f} s); back to 1 replica {down_s:.1f} s after the spike "
-          f"ended ({time.monotonic() - calm:.1f} s); {sum(answered)} streams answered, "
-          f"{len(errors)} refused")
+          f"ended; {sum(answered)} streams answered, {len(refused)} refused by admission "
+          f"({refused.count(429)} x 429, {refused.count(503)} x 503)")
+    assert errors == [], errors[:5]
+    assert all(n > 0 for n in answered), answered  # every stream was served during the spike
 
 
 def test_fixed_model_keeps_its_two_replicas(scaling_stack):
