@@ -59,7 +59,7 @@ class Replica(Protocol):
     def load(self) -> int: ...
 
 
-Endpoint = TypeVar("Endpoint", bound=Replica)
+ReplicaT = TypeVar("ReplicaT", bound=Replica)
 ReplicaChoice = Literal["prefix_affinity", "least_loaded", "round_robin"]
 _MASK = (1 << 64) - 1
 _SEP = "\x1f"  # between a role and its text: "system" + text never equals "sys" + "temtext"
@@ -168,12 +168,12 @@ def _mix(x: int) -> int:
     return x ^ (x >> 31)
 
 
-def rendezvous_order(key: int, eps: Sequence[Endpoint]) -> list[Endpoint]:
+def rendezvous_order(key: int, eps: Sequence[ReplicaT]) -> list[ReplicaT]:
     """The replicas by decreasing rendezvous weight for `key` (ties by replica id)."""
     return sorted(eps, key=lambda ep: (_mix(key ^ ep.seed), ep.replica_id), reverse=True)
 
 
-def load_bound(eps: Sequence[Endpoint], factor: float) -> int:
+def load_bound(eps: Sequence[ReplicaT], factor: float) -> int:
     """The most requests (this one included) a replica may hold before a key spills over:
     `factor` x the mean load once this request is placed, rounded up.
 
@@ -186,7 +186,7 @@ def load_bound(eps: Sequence[Endpoint], factor: float) -> int:
     return math.ceil(factor * max(mean, 1.0))
 
 
-def least_loaded(eps: Sequence[Endpoint], rng: random.Random) -> Endpoint:
+def least_loaded(eps: Sequence[ReplicaT], rng: random.Random) -> ReplicaT:
     """Power of two choices: the less loaded of two random replicas."""
     if len(eps) == 1:
         return eps[0]
@@ -194,7 +194,7 @@ def least_loaded(eps: Sequence[Endpoint], rng: random.Random) -> Endpoint:
     return a if a.load <= b.load else b
 
 
-def by_affinity(eps: Sequence[Endpoint], key: int, *, factor: float, slots: int | None) -> Endpoint:
+def by_affinity(eps: Sequence[ReplicaT], key: int, *, factor: float, slots: int | None) -> ReplicaT:
     """The first replica in the key's rendezvous order that stays within its bounds."""
     if len(eps) == 1:
         return eps[0]
