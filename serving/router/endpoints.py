@@ -103,6 +103,8 @@ class EndpointTable:
     choice: ReplicaChoice = "least_loaded"  # router.replica_choice (set by RouterApp)
     balance_factor: float = 1.5  # router.prefix_affinity_balance_factor
     turns: Counter = field(default_factory=Counter)  # round robin: picks so far per model
+    # prefix_affinity: picks so far per (model, replica_choice.OUTCOMES) (the metrics sampler)
+    choices: Counter = field(default_factory=Counter)
 
     def add_vendor(self, link: VendorLink) -> Endpoint:
         """A vendor endpoint: a fixed entry that registry snapshots never replace."""
@@ -149,10 +151,15 @@ class EndpointTable:
                if not ep.ejected and ep.replica_id not in exclude]
         if not eps:
             return None
+        if self.choice == "prefix_affinity" and model_id not in self.static:  # vendors: one each
+            if key is None:
+                self.choices[model_id, "unkeyed"] += 1
+            else:
+                ep, outcome = by_affinity(eps, key, factor=self.balance_factor, slots=slots)
+                self.choices[model_id, outcome] += 1
+                return ep
         if len(eps) == 1:
             return eps[0]
-        if self.choice == "prefix_affinity" and key is not None:
-            return by_affinity(eps, key, factor=self.balance_factor, slots=slots)
         if self.choice == "round_robin":
             turn = self.turns[model_id]
             self.turns[model_id] = turn + 1

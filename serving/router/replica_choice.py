@@ -194,17 +194,25 @@ def least_loaded(eps: Sequence[ReplicaT], rng: random.Random) -> ReplicaT:
     return a if a.load <= b.load else b
 
 
-def by_affinity(eps: Sequence[ReplicaT], key: int, *, factor: float, slots: int | None) -> ReplicaT:
-    """The first replica in the key's rendezvous order that stays within its bounds."""
+#: How an affinity choice went (the `choice` label of govllm_replica_choices_total): the
+#: key's own replica, a later one in its order (the first was over its bound), the least
+#: loaded (every replica over its bound), or the least loaded for want of a key.
+OUTCOMES = ("home", "spilled", "saturated", "unkeyed")
+
+
+def by_affinity(eps: Sequence[ReplicaT], key: int, *, factor: float,
+                slots: int | None) -> tuple[ReplicaT, str]:
+    """The first replica in the key's rendezvous order that stays within its bounds, and
+    which of OUTCOMES that was."""
     if len(eps) == 1:
-        return eps[0]
+        return eps[0], "home"
     bound = load_bound(eps, factor)
     if slots is not None:
         bound = min(bound, slots)
     home = max(eps, key=lambda ep: (_mix(key ^ ep.seed), ep.replica_id))
     if home.load + 1 <= bound:  # the common case: no sort
-        return home
+        return home, "home"
     for ep in rendezvous_order(key, eps)[1:]:
         if ep.load + 1 <= bound:
-            return ep
-    return min(eps, key=lambda ep: ep.load)  # all saturated: the least loaded (admission queues)
+            return ep, "spilled"
+    return min(eps, key=lambda ep: ep.load), "saturated"  # admission queues beyond this

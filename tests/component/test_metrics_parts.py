@@ -133,6 +133,7 @@ def test_sampler_turns_the_routers_own_counters_into_increments():
     table.eject(a, "engine failed", failed=True)
     dispatcher.failovers["m"] += 2
     admission.gates["m"].shed += 3
+    table.choices["m", "home"] += 4
     asyncio.run(sampler.sample_once())
     table.readmit(a)
     table.update({"m": [{"replica_id": "a", "url": "http://a"},
@@ -142,6 +143,7 @@ def test_sampler_turns_the_routers_own_counters_into_increments():
     asyncio.run(sampler.sample_once())  # nothing new: nothing added
     assert metrics.sums("ejections") == {("m", "self"): 1, ("m", "peer"): 1}
     assert metrics.sums("failovers") == {("m",): 3}
+    assert metrics.sums("replica_choices") == {("m", "home"): 4}
     assert metrics.sums("shed") == {("m",): 3}
     states = [kw for n, args, kw in metrics.calls if n == "router_model"]
     assert states[0]["ready"] == 1 and states[1]["ready"] == 1  # a out, then b out

@@ -109,6 +109,24 @@ def test_spills_to_the_keys_next_replica_when_over_the_bound():
     assert t.pick("m", key=key) is not home
 
 
+def test_choices_are_counted_by_outcome_for_the_metrics():
+    t = table(2)
+    key = key_of(chat(doc(3)))
+    home = t.pick("m", key=key)
+    home.inflight = 5
+    t.pick("m", key=key)  # spilled
+    t.pick("m", key=key, slots=1)  # home over its slots, the other idle: spilled
+    for ep in t.by_model["m"]:
+        ep.inflight = 5
+    t.pick("m", key=key, slots=2)  # saturated
+    t.pick("m", key=None)
+    assert t.choices == {("m", "home"): 1, ("m", "spilled"): 2, ("m", "saturated"): 1,
+                         ("m", "unkeyed"): 1}
+    rr = table(2, "round_robin")
+    rr.pick("m", key=key)
+    assert not rr.choices  # counted under prefix_affinity only
+
+
 def test_slots_bound_saturation_and_least_loaded_fallback():
     t = table(2)
     key = key_of(chat(doc(11)))

@@ -156,6 +156,13 @@ class RouterMetrics:
             description="Replicas taken out of rotation: found failing by this router (self) or "
             "reported by another (peer).",
             tag_keys=("model", "source"))
+        self._choices = m.Counter(
+            "govllm_replica_choices_total",
+            description="Replica choices under router.replica_choice prefix_affinity: home (the "
+            "prefix's own replica), spilled (the next in its order: the first was over its load "
+            "bound), saturated (every replica over its bound: the least loaded), unkeyed (no "
+            "prefix key: the least loaded).",
+            tag_keys=("model", "choice"))
         self._failovers = m.Counter(
             "govllm_failovers_total",
             description="Attempts that failed before the first byte and moved to another replica "
@@ -285,6 +292,10 @@ class RouterMetrics:
     def ejections(self, model: str, source: str, count: int) -> None:
         if self.enabled and count > 0:
             self._ejections.inc(count, tags={"model": model, "source": source})
+
+    def replica_choices(self, model: str, choice: str, count: int) -> None:
+        if self.enabled and count > 0:
+            self._choices.inc(count, tags={"model": model, "choice": choice})
 
     def failovers(self, model: str, count: int) -> None:
         if self.enabled and count > 0:

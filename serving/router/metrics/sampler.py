@@ -100,6 +100,8 @@ class MetricsSampler:
             self._m.ejections(model_id, source, self._delta(("eject", model_id, source), count))
         for model_id, count in list(self._dispatcher.failovers.items()):
             self._m.failovers(model_id, self._delta(("failover", model_id), count))
+        for (model_id, choice), count in list(self._table.choices.items()):
+            self._m.replica_choices(model_id, choice, self._delta(("choice", model_id, choice), count))
 
     async def _standing(self) -> None:
         started = time.perf_counter()
