@@ -225,6 +225,18 @@ class RouterSettings(StrictModel):
         description="When a model is saturated, a tenant already holding this share of its "
         "slots is refused with 429 instead of queued, so one tenant cannot starve the others.",
     )
+    fair_headroom: float = Field(
+        default=0.1, ge=0, lt=1,
+        description="While two or more tenants use a model, this share of its slots (at least "
+        "one, when it has two or more) is kept for tenants below their weighted share of the "
+        "slots, so a quiet tenant's request starts at once instead of waiting for a flood's "
+        "slot to free. 0 turns it off (fully work-conserving).",
+    )
+    fair_active_s: float = Field(
+        default=10.0, gt=0,
+        description="A tenant that asked for a model within this many seconds counts as using "
+        "it (for fair_headroom and the weighted shares).",
+    )
     priority_classes: tuple[PriorityClass, ...] = Field(
         default=DEFAULT_PRIORITY_CLASSES, min_length=1,
         description="Admission priority classes, most important first (docs/scheduling.md): "

@@ -283,3 +283,80 @@ def test_a_key_may_not_be_issued_above_its_tenants_class():
     out = CliRunner().invoke(app, ["keys", "create", "--tenant", "sample-city", "--user", "u",
                                    "--priority", "interactive", "--spec", str(DEFAULT_SPEC_PATH)])
     assert out.exit_code == 1 and "a key may have that class or a lower one: api, batch" in out.output
+
+
+WIDE = ModelRoute(id="w", max_model_len=128, max_ongoing_per_replica=4, max_queued_per_replica=8)
+
+
+def wide_admission(**settings) -> Admission:
+    s = RouterSettings(**{"max_queue_wait_s": 5.0, "tenant_max_share": 1.0, **settings})
+    return Admission([WIDE], s, table({"w": 1}))
+
+
+def test_a_flood_alone_gets_every_slot():
+    async def go():
+        adm = wide_admission()
+        slots = [await asyncio.wait_for(adm.admit([WIDE], "flood", set()), 1) for _ in range(4)]
+        assert adm.gates["w"].inflight == 4 and adm.gates["w"].reserve() == 0
+        for _, s in slots:
+            s.release()
+    asyncio.run(go())
+
+
+def test_headroom_lets_a_quiet_tenant_start_at_once_beside_a_flood():
+    async def go():
+        adm = wide_admission()
+        gate = adm.gates["w"]
+        quiet = await adm.admit([WIDE], "quiet", set())  # the quiet tenant used the model a moment ago
+        quiet[1].release()
+        flood = [await adm.admit([WIDE], "flood", set()) for _ in range(3)]
+        queued = asyncio.create_task(adm.admit([WIDE], "flood", set()))
+        await asyncio.sleep(0)
+        assert gate.reserve() == 1 and not queued.done()  # the flood waits one slot short of full
+        model, slot = await asyncio.wait_for(adm.admit([WIDE], "quiet", set()), 0.5)  # no wait
+        assert gate.inflight == 4 and gate.running["quiet"] == 1
+        slot.release()
+        await asyncio.sleep(0)
+        assert not queued.done() and gate.running["flood"] == 3  # the kept slot stays kept
+        flood[0][1].release()
+        _, got = await asyncio.wait_for(queued, 1)  # a flood slot freed: its next request runs
+        for s in [got] + [s for _, s in flood[1:]]:
+            s.release()
+        assert gate.inflight == 0 and not gate.waiters
+    asyncio.run(go())
+
+
+def test_headroom_opens_once_the_other_tenants_are_gone():
+    async def go():
+        adm = wide_admission(fair_active_s=0.05)
+        gate = adm.gates["w"]
+        (await adm.admit([WIDE], "quiet", set()))[1].release()
+        flood = [await adm.admit([WIDE], "flood", set()) for _ in range(3)]
+        queued = asyncio.create_task(adm.admit([WIDE], "flood", set()))
+        await asyncio.sleep(0.1)  # the quiet tenant is no longer using the model
+        assert not queued.done()
+        adm.resize()  # what every registry refresh does
+        _, got = await asyncio.wait_for(queued, 1)
+        assert gate.inflight == 4 and gate.reserve() == 0
+        for s in [got] + [s for _, s in flood]:
+            s.release()
+    asyncio.run(go())
+
+
+def test_a_waiting_tenant_below_its_share_gets_the_kept_slot():
+    async def go():
+        adm = wide_admission()
+        gate = adm.gates["w"]
+        (await adm.admit([WIDE], "quiet", set()))[1].release()
+        flood = [await adm.admit([WIDE], "flood", set()) for _ in range(3)]
+        quiet = await adm.admit([WIDE], "quiet", set())  # takes the kept slot: the model is full
+        flood_waits = asyncio.create_task(adm.admit([WIDE], "flood", set()))
+        quiet_waits = asyncio.create_task(adm.admit([WIDE], "quiet", set()))
+        await asyncio.sleep(0)
+        quiet[1].release()  # the kept slot frees: the quiet tenant (0 of its 2) gets it, not the flood
+        _, got = await asyncio.wait_for(quiet_waits, 1)
+        assert not flood_waits.done() and gate.running == {"flood": 3, "quiet": 1}
+        flood_waits.cancel()
+        for s in [got] + [s for _, s in flood]:
+            s.release()
+    asyncio.run(go())

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +131,19 @@ class FairQueue:
         chosen.vtime = max(chosen.vtime, waiter.finish)
         self._left(chosen, tenant)
         return waiter
+
+    def pop_where(self, eligible: Callable[[str], bool]) -> Waiter | None:
+        """The next request among the tenants `eligible` accepts: most important class first, then
+        the smallest tag. For the gate's headroom slots; class credits are left as they are."""
+        for c in self._classes:
+            flows = [(t, f) for t, f in c.flows.items() if eligible(t)]
+            if flows:
+                tenant, flow = min(flows, key=lambda kv: (kv[1][0].finish, kv[1][0].seq))
+                waiter = flow.popleft()
+                c.vtime = max(c.vtime, waiter.finish)
+                self._left(c, tenant)
+                return waiter
+        return None
 
     def heaviest(self, cls: int, weights: dict[str, float]) -> tuple[str, float] | None:
         """(tenant, its queued requests / weight) of the class's longest weighted queue."""

@@ -11,7 +11,17 @@ share of a model's capacity:
 that finds every slot taken waits for at most `router.max_queue_wait_s` in its
 priority class's queue; a freed slot goes to the request the fair queue
 (fair_queue.py) picks: most important class first, weighted fair between
-tenants, lower classes guaranteed their `min_share`. Refusals:
+tenants, lower classes guaranteed their `min_share`.
+
+Headroom: while two or more tenants use a model (asked for it within
+`router.fair_active_s`), the last `router.fair_headroom` of its slots (at least one,
+when it has two or more) are kept for tenants holding less than their weighted
+share of the slots. A flood then queues one slot short of the full model, and a
+quiet tenant's request starts at once in the kept slot instead of waiting for one
+of the flood's to end (a slot is held for a whole generation: non-preemptive, so
+without headroom the quiet tenant's first token waits for the next release). One
+tenant alone gets every slot: the headroom costs throughput only while others are
+about. Refusals:
 
 * 429 `tenant_share_exceeded`: the tenant already holds `router.tenant_max_share`
   of the model's slots and queue, or its newest queued request was pushed out
@@ -73,6 +83,8 @@ class ModelGate:
         self.queue_limit = 0  # per priority class
         self.waiters = FairQueue([c.min_share for c in settings.priority_classes])
         self.by_tenant: Counter[str] = Counter()  # in flight + queued, per tenant
+        self.running: Counter[str] = Counter()  # in flight, per tenant
+        self._seen: dict[str, float] = {}  # tenant -> when it last asked for this model
         self.service_s = 1.0  # recent mean time a request holds a slot
         self.shed = 0
 
@@ -82,8 +94,33 @@ class ModelGate:
         self.queue_limit = math.ceil(self.route.max_queued_per_replica * replicas / routers)
         self._wake()
 
-    def free(self) -> bool:
-        return self.inflight < self.slots and not self.waiters
+    def free(self, tenant: str) -> bool:
+        """Whether `tenant` may take a slot now without queueing (and note that it asked)."""
+        now = time.monotonic()
+        self._seen[tenant] = now
+        if self.inflight >= self.slots:
+            return False
+        reserve = self.reserve(now)
+        if self.inflight < self.slots - reserve and not self.waiters:
+            return True
+        return reserve > 0 and self._below_share(tenant, now)
+
+    def reserve(self, now: float | None = None) -> int:
+        """Slots kept for tenants below their weighted share: none while one tenant uses the model."""
+        headroom = self._settings.fair_headroom
+        if self.slots < 2 or headroom <= 0:
+            return 0
+        horizon = (time.monotonic() if now is None else now) - self._settings.fair_active_s
+        if sum(1 for at in self._seen.values() if at >= horizon) < 2:
+            return 0
+        return max(1, math.floor(self.slots * headroom))
+
+    def _below_share(self, tenant: str, now: float) -> bool:
+        """Whether `tenant` holds fewer slots than its weight's share among the tenants using the model."""
+        horizon = now - self._settings.fair_active_s
+        total = sum(self._weights.get(t, 1.0) for t, at in self._seen.items() if at >= horizon)
+        share = self.slots * self._weights.get(tenant, 1.0) / max(total, 1e-9)
+        return self.running[tenant] < share
 
     def retry_after_s(self, cls: int = 0) -> int:
         """Seconds until a request of class `cls` would likely get a slot: the queue ahead of it."""
@@ -101,6 +138,7 @@ class ModelGate:
     def take(self, tenant: str) -> Slot:
         self.inflight += 1
         self.by_tenant[tenant] += 1
+        self.running[tenant] += 1
         return Slot(self, tenant)
 
     async def wait(self, tenant: str, cls: int = 0) -> Slot:
@@ -155,15 +193,28 @@ class ModelGate:
         ))
 
     def _wake(self) -> None:
+        """Hand freed slots to the fair queue; the headroom only to tenants below their share (it
+        opens to everyone within a registry refresh, which resizes, once one tenant is left)."""
+        now = time.monotonic()
+        reserve = self.reserve(now) if self.waiters else 0
         while self.waiters and self.inflight < self.slots:
-            waiter = self.waiters.pop()
+            if self.inflight < self.slots - reserve:
+                waiter = self.waiters.pop()
+            else:  # only the headroom is left: for a waiting tenant below its share, if any
+                waiter = self.waiters.pop_where(lambda t: self._below_share(t, now))
+                if waiter is None:
+                    break
             if waiter.payload.done():
                 continue
             self.inflight += 1  # the waiter's tenant count moves from queued to in flight
+            self.running[waiter.tenant] += 1
             waiter.payload.set_result(Slot(self, waiter.tenant))
 
     def _release(self, slot: Slot) -> None:
         self.inflight -= 1
+        self.running[slot.tenant] -= 1
+        if self.running[slot.tenant] <= 0:
+            del self.running[slot.tenant]
         self._forget(slot.tenant)
         held = time.monotonic() - slot.started
         self.service_s += _EWMA_WEIGHT * (held - self.service_s)
@@ -208,7 +259,7 @@ class Admission:
             raise self._unavailable(candidates, exclude)
         for model in live:
             gate = self.gates[model.id]
-            if gate.free():
+            if gate.free(tenant):
                 return model, gate.take(tenant)
         cls = self.class_index(tenant, priority)
         for model in live:
