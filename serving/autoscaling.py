@@ -56,4 +56,12 @@ def data_plane_policy(ctx: Any) -> tuple[int, dict]:
         return ctx.target_num_replicas, {}
     total = float(sum(per_replica.values())) + float(sum(in_routers.values())) + queued
     desired = desired_replicas(total, float(ctx.config.target_ongoing_requests))
-    return (max(desired, 1) if queued > 0 else desired), {}
+    if queued > 0:
+        desired = max(desired, 1)
+    if ctx.current_num_replicas < ctx.target_num_replicas:
+        # A scale-up is in progress: do not cancel it on a dip while its engines start (they
+        # have paid most of their cost, and demand measured on fewer replicas is capped by
+        # them); the downscale delay applies once they run. Seen on 2 cores: a 1 -> 3 decision
+        # undone after 70 s of engine start by demand hovering at the 2/3 boundary.
+        desired = max(desired, ctx.target_num_replicas)
+    return desired, {}

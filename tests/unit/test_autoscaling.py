@@ -26,10 +26,11 @@ class _Cfg:
 
 
 class _Ctx:
-    def __init__(self, *, target: int, metrics: dict | None, queued: float = 0.0):
+    def __init__(self, *, target: int, metrics: dict | None, queued: float = 0.0,
+                 running: int | None = None):
         self.config = _Cfg()
         self.target_num_replicas = target
-        self.current_num_replicas = target
+        self.current_num_replicas = target if running is None else running
         self.aggregated_metrics = {ONGOING_METRIC: metrics} if metrics is not None else {}
         self.total_queued_requests = queued
 
@@ -49,6 +50,13 @@ class _Ctx:
 )
 def test_policy_counts_data_plane_requests_and_handle_queue(target, metrics, queued, expected):
     assert data_plane_policy(_Ctx(target=target, metrics=metrics, queued=queued))[0] == expected
+
+
+def test_policy_does_not_cancel_a_scale_up_while_its_replicas_start():
+    starting = _Ctx(target=3, metrics={"r1": 4.0}, running=1)  # 4 in flight: alone, 2 would do
+    assert data_plane_policy(starting)[0] == 3
+    running = _Ctx(target=3, metrics={"r1": 4.0, "r2": 0.0, "r3": 0.0})  # all up: 2 will do
+    assert data_plane_policy(running)[0] == 2
 
 
 def test_policy_counts_requests_waiting_in_the_routers():
