@@ -101,7 +101,9 @@ class ModelGate:
         if self.inflight >= self.slots:
             return False
         reserve = self.reserve(now)
-        if self.inflight < self.slots - reserve and not self.waiters:
+        if self.waiters:  # queue, and get a kept slot from the fair queue if entitled (_wake)
+            return False
+        if self.inflight < self.slots - reserve:
             return True
         return reserve > 0 and self._below_share(tenant, now)
 
@@ -150,6 +152,8 @@ class ModelGate:
         waiter = self.waiters.push(tenant, cls, weight, asyncio.get_running_loop().create_future())
         self.by_tenant[tenant] += 1
         future: asyncio.Future = waiter.payload
+        if self.inflight < self.slots:  # a kept slot is free: the fair queue says whose it is
+            self._wake()
         try:
             async with asyncio.timeout(self._settings.max_queue_wait_s):
                 await future
