@@ -8,7 +8,7 @@ next round of heartbeats rebuilds it, and routers keep their last snapshot
 meanwhile.
 
 Router replicas heartbeat too: each learns how many routers are live, and so
-its share of every model's admission capacity (serving/router/admission.py).
+its share of every model's admission capacity (serving/router/admission/).
 Each also reports how many requests wait in its admission queues per model;
 a model replica's heartbeat answer is its share of that wait, which it reports
 to Serve's autoscaler beside its own in-flight count (serving/autoscaling.py):

@@ -2,7 +2,7 @@
 
 Order of events for one request:
 
-1. admission (serving/router/admission.py): a model of the candidates and a
+1. admission (serving/router/admission/): a model of the candidates and a
    slot on it, or 503/429 with Retry-After;
 2. the audit *begin* record is made durable (`before_dispatch`), so a prompt
    never reaches an engine unrecorded, even if this router dies mid-answer;

@@ -13,7 +13,7 @@ hash tag (one Redis Cluster slot). Per minute window:
   contract, at the price of admitting fewer long-`max_tokens` requests at once.
 
 Concurrency is not counted here: each router admits its share of
-`max_concurrency` (serving/router/admission.py), as for self-hosted replicas.
+`max_concurrency` (serving/router/admission/), as for self-hosted replicas.
 
 A refused request tries the next model of its alias group; when none is left
 it gets 429 `vendor_rate_limited` with Retry-After to the next minute. If the

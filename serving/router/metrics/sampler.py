@@ -1,7 +1,7 @@
 """The background half of the router's metrics: state that changes without a request.
 
 Admission queues, replicas in rotation, ejections, failovers and shed requests are plain
-counters in the router's own objects (admission.py, endpoints.py, dispatch.py), bumped
+counters in the router's own objects (admission/, endpoints.py, dispatch.py), bumped
 where they happen at the cost of an integer add; this task turns them into metrics every
 SAMPLE_S seconds, so the request path never records them itself. Budgets and
 reservations live in the shared store and are read every STANDING_S seconds
