@@ -532,7 +532,9 @@ def govllm_ratios(rounds: list[dict[str, dict]], stacks: list[Stack]) -> dict:
     in the same minute, so what differs is the stack, not the host's drift. (d), the data
     plane, is compared in `capacity`.
     """
-    names = [n for n in measured_names(rounds) if n.startswith("govllm") and not n.startswith("govllm-dp")]
+    given = {s.name for s in stacks}
+    names = [n for n in measured_names(rounds) if base_name(n) in given
+             and n.startswith("govllm") and not n.startswith("govllm-dp")]
     out = {}
     for mode in ("", PIN):
         in_mode = [n for n in names if mode_of(n) == mode]

@@ -71,7 +71,7 @@ def test_the_in_process_bench_traces_only_its_on_variant():
 
     result = run(requests=20, rounds=1)
     per_request, left = divmod(result["spans_exported"], 20 + 50)  # 50 warm-up requests
-    # root, the steps (authenticate, parse, resolve, policy, quota), dispatch, admission,
-    # the two audit records and the attempt
-    assert left == 0 and per_request == 11
+    # root, the steps (authenticate, priority, parse, resolve, policy, quota), dispatch,
+    # admission, the two audit records and the attempt
+    assert left == 0 and per_request == 12
     assert set(result) >= {*MODES, "off_vs_nohooks", "on_vs_nohooks"}
