@@ -321,6 +321,8 @@ class RouterApp:
                 "status": "ready" if ready else "not_ready",
                 "models": {k: {"ready_replicas": v} for k, v in replicas.items()},
                 "registry_age_s": round(stale_s, 2),
+                # router replicas this one shares every model's admission slots with (itself included)
+                "routers": self.table.routers,
                 "vendor_endpoints": self._vendor_status(),
                 # informational: budgeted tenants get 503 while the store is down, others are served
                 "quota_store": None if quota is None else ("up" if quota.store_up else "down"),
