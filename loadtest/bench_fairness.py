@@ -41,7 +41,7 @@ import yaml
 
 from cluster.spec.schema import DEFAULT_SPEC_PATH
 from govllm.runtime_env import free_port
-from loadtest.bench_stacks import GOVLLM, Stack, wait_serving
+from loadtest.bench_stacks import GOVLLM, Stack, publish, wait_serving
 from loadtest.llmload.metrics import percentile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,13 +267,8 @@ def main() -> None:
         finally:
             stack.stop()
     summary = summarise(rounds)
-    text = render(rounds, summary, args, started)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"rounds": rounds, "summary": summary}, indent=2))
-    if args.output:
-        with args.output.open("a") as f:
-            f.write("\n" + text)
+    publish(render(rounds, summary, args, started), {"rounds": rounds, "summary": summary},
+            output=args.output, json_path=args.json)
 
 
 if __name__ == "__main__":

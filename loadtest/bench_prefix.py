@@ -39,7 +39,7 @@ import yaml
 from cluster.devmodels import DevModelShape, generate
 from cluster.spec.schema import DEFAULT_SPEC_PATH
 from govllm.runtime_env import free_port
-from loadtest.bench_stacks import GOVLLM, Stack, apply_profile, freeze, thaw, wait_serving
+from loadtest.bench_stacks import GOVLLM, Stack, apply_profile, freeze, publish, thaw, wait_serving
 
 MODEL_ID = "tiny-llama-ja"
 POLICIES = ("prefix_affinity", "least_loaded", "round_robin")
@@ -226,13 +226,8 @@ def main() -> None:
                 thaw(stack)
                 stack.stop()
     summary = summarise(rounds)
-    text = render(summary, args, started, kv_blocks)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps({"rounds": rounds, "summary": summary}, indent=2))
-    if args.output:
-        with args.output.open("a") as f:
-            f.write("\n" + text)
+    publish(render(summary, args, started, kv_blocks), {"rounds": rounds, "summary": summary},
+            output=args.output, json_path=args.json)
 
 
 if __name__ == "__main__":

@@ -525,6 +525,17 @@ def summarise(rounds: list[dict[str, dict[str, BenchResult]]], stacks: list[Stac
     return out
 
 
+def publish(text: str, data: object, *, output: Path | None, json_path: Path | None) -> None:
+    """Print a benchmark's Markdown report, write its raw data as JSON (`--json`) and append the
+    report to a Markdown file (`--output`, docs/benchmarks.md): what every stack bench does."""
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(data, indent=2))
+    if output:
+        with output.open("a") as f:
+            f.write("\n" + text)
+
+
 def govllm_ratios(rounds: list[dict[str, dict]], stacks: list[Stack]) -> dict:
     """Every other govllm stack against the first one (`govllm`), within each round and pin mode.
 
@@ -737,13 +748,7 @@ def main() -> None:
     summary = summarise(rounds, stacks)
     if sink is not None:
         summary["spans_exported"], summary["span_exports"] = sink.spans, sink.requests
-    text = render_markdown(summary, args, started)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
-    if args.output:
-        with args.output.open("a") as f:
-            f.write("\n" + text)
+    publish(render_markdown(summary, args, started), summary, output=args.output, json_path=args.json)
 
 
 if __name__ == "__main__":
