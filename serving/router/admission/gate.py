@@ -92,6 +92,10 @@ class ModelGate:
         routers = max(1, routers)
         self.slots = math.ceil(self.route.max_ongoing_per_replica * replicas / routers)
         self.queue_limit = math.ceil(self.route.max_queued_per_replica * replicas / routers)
+        # forget tenants that stopped using the model: free() and _below_share() walk what is
+        # left on the request path, which stays the few tenants active now, not every tenant seen
+        horizon = time.monotonic() - self._settings.fair_active_s
+        self._seen = {t: at for t, at in self._seen.items() if at >= horizon}
         self._wake()
 
     def free(self, tenant: str) -> bool:
