@@ -115,6 +115,9 @@ class RequestContext:
     usage_type: str | None = None
     reservation: str | None = None
     reserved_tokens: int = 0
+    # set when admission's answer was lost (store timeout): the minute's request counter and
+    # admission marks, so settlement takes back a count the refused request may hold
+    uncounted: tuple[str, str] | None = None
     raw_body: bytes = b""
     payload: dict[str, Any] | None = None
     requested_model: str | None = None

@@ -17,7 +17,9 @@ runs in one slot of a Redis Cluster too.
 
 Settlement runs after every request, whatever happened to it: a request that
 never reached a model (no replica, timed out in the queue, cancelled) only
-releases its reservation. It is idempotent per request id (the request index
+releases its reservation. Admission is idempotent per request id too (a client
+retry of a script that had run is not counted twice), and a request refused
+because admission's answer was lost (503) is uncounted by its settlement. It is idempotent per request id (the request index
 `req:{tenant}:<id>` doubles as the "settled" mark), so a settlement replayed
 after a store timeout that had in fact been applied is not counted twice.
 
@@ -55,10 +57,17 @@ MAX_DEFERRED = 100_000  # settlements kept while the store is down
 
 # Returns {verdict, what was seen, requests admitted this minute, tokens settled this minute};
 # the last two feed the x-ratelimit-* headers (-1 where not read).
+# KEYS: rpm window, tpm window, reservations, ledger, the minute's admission marks.
+# ARGV: rpm, tpm, budget, tokens to reserve, reservation member, now, reservation expiry,
+# request id. Idempotent per request id: a call the client retried after the first had
+# already counted (or a replay) finds its mark and is not counted again.
 _ADMIT = """
 local rpm, tpm, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local reserve = tonumber(ARGV[4])
 local c, tused = 0, -1
+if rpm > 0 and redis.call('HEXISTS', KEYS[5], ARGV[8]) == 1 then
+  return {0, 0, tonumber(redis.call('GET', KEYS[1]) or '0'), tused}
+end
 if rpm > 0 then
   c = redis.call('INCR', KEYS[1])
   if c == 1 then redis.call('EXPIRE', KEYS[1], 120) end
@@ -85,15 +94,21 @@ if budget > 0 then
   redis.call('ZADD', KEYS[3], ARGV[7], ARGV[5])
   redis.call('EXPIRE', KEYS[3], 3456000)
 end
+if rpm > 0 then
+  redis.call('HSET', KEYS[5], ARGV[8], 1)
+  redis.call('EXPIRE', KEYS[5], 120)
+end
 return {0, 0, c, tused}
 """
 
-# KEYS: tpm window, reservations, ledger, request index (all under the tenant's tag).
+# KEYS: tpm window, reservations, ledger, request index, and for a request whose admission
+# answer was lost the rpm window and admission marks of its minute (all under the tenant's tag).
 # ARGV: reservation member ('' for none), prompt, completion, model ('' when none answered),
-# level, usage type, request index TTL. Returns the tokens counted, -1 (released only) or
-# -2 (already settled).
+# level, usage type, request index TTL, request id to uncount ('' for none). Returns the tokens
+# counted, -1 (released only) or -2 (already settled).
 _SETTLE = """
 if ARGV[1] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
+if ARGV[8] ~= '' and redis.call('HDEL', KEYS[6], ARGV[8]) == 1 then redis.call('DECR', KEYS[5]) end
 local m = ARGV[4]
 if m == '' then return -1 end
 if redis.call('HSETNX', KEYS[4], 'model', m) == 0 then return -2 end
@@ -187,13 +202,14 @@ class QuotaLedger:
         # a reservation outlives its request: queueing for a slot, then the request itself
         self._reservation_ttl_s = config.router.request_timeout_s + config.router.max_queue_wait_s + 60
 
-    def _keys(self, tenant: str, now: float) -> tuple[str, str, str, str]:
+    def _keys(self, tenant: str, now: float) -> tuple[str, str, str, str, str]:
         minute = str(int(now // 60))
         return (
             self._k.quota(tenant, "rpm", minute),
             self._k.quota(tenant, "tpm", minute),
             self._k.quota(tenant, "reservations"),
             self._k.ledger(tenant, month_of(now)),
+            self._k.quota(tenant, "admitted", minute),  # request ids counted in the rpm window
         )
 
     def _mark(self, up: bool) -> None:
@@ -219,7 +235,7 @@ class QuotaLedger:
         if not limits.any:
             return
         now = self._clock()
-        rpm_key, tpm_key, resv_key, ledger_key = self._keys(ctx.tenant.id, now)
+        rpm_key, tpm_key, resv_key, ledger_key, marks_key = self._keys(ctx.tenant.id, now)
         reserve = reservation_for(ctx) if limits.monthly_token_budget else 0
         member = reservation_member(ctx.request_id, reserve)
         if reserve:
@@ -229,7 +245,7 @@ class QuotaLedger:
         try:
             verdict, seen, requests, tokens = await self._run(
                 self._admit,
-                [rpm_key, tpm_key, resv_key, ledger_key],
+                [rpm_key, tpm_key, resv_key, ledger_key, marks_key],
                 [
                     limits.requests_per_minute or 0,
                     limits.tokens_per_minute or 0,
@@ -238,10 +254,15 @@ class QuotaLedger:
                     member,
                     now,
                     now + self._reservation_ttl_s,
+                    ctx.request_id,
                 ],
             )
         except Exception as exc:
             self._mark(False)
+            if limits.requests_per_minute:
+                # the script may have counted the request although its answer was lost: the
+                # settlement that follows every request takes that count back
+                ctx.uncounted = (rpm_key, marks_key)
             raise APIError(
                 503,
                 "The quota store is unreachable, so requests of budgeted tenants cannot be "
@@ -291,12 +312,14 @@ class QuotaLedger:
         had in fact been applied, counts the request once. Never raises: a settlement the
         store does not take now is kept and replayed by `retry_deferred`.
         """
-        if ctx.tenant is None or (ctx.model is None and not ctx.reservation):
+        if ctx.tenant is None or (ctx.model is None and not ctx.reservation and not ctx.uncounted):
             return
         now = self._clock()
-        _, tpm_key, resv_key, ledger_key = self._keys(ctx.tenant.id, now)
+        _, tpm_key, resv_key, ledger_key, _ = self._keys(ctx.tenant.id, now)
         usage = ctx.usage or {}
         keys = [tpm_key, resv_key, ledger_key, self._k.request(ctx.tenant.id, ctx.request_id)]
+        if ctx.uncounted:
+            keys += ctx.uncounted
         args = [
             ctx.reservation or "",
             _tokens(usage.get("prompt_tokens")),
@@ -305,8 +328,9 @@ class QuotaLedger:
             ctx.confidentiality or 0,
             ctx.usage_type or ctx.tenant.usage_type,
             REQUEST_INDEX_TTL_S,
+            ctx.request_id if ctx.uncounted else "",
         ]
-        ctx.reservation = None  # released (now or by a replay): a second call only re-bills, a no-op
+        ctx.reservation, ctx.uncounted = None, None  # released (now or by a replay): a second call only re-bills, a no-op
         try:
             await self._run(self._settle, keys, args)
             self._mark(True)

@@ -67,7 +67,9 @@ def report(cfg: ServingConfig, clock: Clock) -> dict:
 
 
 def test_requests_per_minute_exact_across_two_replicas(store_server):
-    cfg, clock = config(store_server, requests_per_minute=7), Clock()
+    # a generous store timeout: this test is about counting, not about a slow store (a 2 s
+    # timeout on a loaded CI host refused two of the burst with 503; see the next test)
+    cfg, clock = config(store_server, timeout_s=10.0, requests_per_minute=7), Clock()
 
     async def go():
         a, b = ledgers(cfg, clock, 2)
@@ -78,7 +80,7 @@ def test_requests_per_minute_exact_across_two_replicas(store_server):
 
     results, later = asyncio.run(go())
     refused = [r for r in results if r is not None]
-    assert len(refused) == 5
+    assert len(refused) == 5, [(r.status, r.code) for r in refused]
     exc = refused[0]
     assert exc.status == 429 and exc.code == "requests_per_minute_exceeded"
     assert "requests_per_minute" in exc.message and "7" in exc.message
@@ -235,6 +237,43 @@ def test_store_down_fails_closed_and_replays_settlements_once(store_server):
     assert after == 0 and up is True
     r = report(budgeted, clock)
     assert r["requests"] == 1 and r["total_tokens"] == 10
+
+
+def test_admission_counts_a_request_once_whatever_happened_to_its_answer(store_server):
+    """A client that retries an admission whose first call ran (redis-py retries on timeouts)
+    counts the request once; a request refused because admission's answer was lost (the store
+    stopped mid-call) is uncounted by its settlement once the store answers again."""
+    cfg, clock = config(store_server, timeout_s=0.5, requests_per_minute=3), Clock()
+
+    async def go():
+        (ledger,) = ledgers(cfg, clock)
+        twice = ctx(cfg)
+        first, again = await admitted(ledger, twice), await admitted(ledger, twice)
+        lost = ctx(cfg)
+        with paused(*store_server.pids):
+            refused = await admitted(ledger, lost)
+        # the stopped store still holds the call: it runs (and counts) when the store resumes
+        for _ in range(50):
+            counted = await ledger._r.get(ledger._keys("city", clock())[0])
+            if counted == b"2":
+                break
+            await asyncio.sleep(0.1)
+        await ledger.settle(lost)  # every request is settled; this one takes its count back
+        for _ in range(50):
+            await ledger.replay()
+            if ledger.deferred == 0:
+                break
+            await asyncio.sleep(0.1)
+        rest = [await admitted(ledger, ctx(cfg)) for _ in range(3)]
+        return first, again, refused, counted, rest
+
+    first, again, refused, counted, rest = asyncio.run(go())
+    assert first is None and again is None
+    assert counted == b"2"  # the lost call did count (the case under test happened)
+    assert refused is not None and refused.code == "quota_store_unavailable"
+    # 3 a minute: `twice` holds one, `lost` none, so two more are admitted and the third refused
+    assert [r is None for r in rest] == [True, True, False], [r and r.code for r in rest]
+    assert rest[2].code == "requests_per_minute_exceeded"
 
 
 def test_ledger_survives_a_store_crash(store_server):

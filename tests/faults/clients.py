@@ -71,16 +71,20 @@ def request_bytes(port: int, path: str, body: bytes, headers: dict[str, str]) ->
 
 def stream(port: int, body: dict, headers: dict[str, str], *, stop_after_events: int | None = None,
            stop_before_done: bool = False, stop_before_headers: bool = False,
-           timeout_s: float = 60.0, on_event=None) -> Received:
+           timeout_s: float = 60.0, on_event=None, barrier: threading.Barrier | None = None) -> Received:
     """POST a streamed request; stop reading (close the socket) at the chosen point.
 
     `on_event(received)` is called after each event (a test can inject a fault mid-stream).
+    `barrier`: connect, then wait for the other parties before sending, so that many requests
+    arrive together (thread start-up would otherwise spread a burst over a second).
     """
     body = {**body, "stream": True,
             "stream_options": {"include_usage": True, "continuous_usage_stats": True}}
     got = Received()
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
     try:
+        if barrier is not None:
+            barrier.wait(timeout_s)
         sock.sendall(request_bytes(port, "/v1/chat/completions", json.dumps(body).encode(), headers))
         if stop_before_headers:
             return got

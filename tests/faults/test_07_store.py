@@ -85,11 +85,7 @@ def test_settlement_deferred_while_the_store_is_stopped_is_replayed(fault_stack)
         refused = stream(fault_stack.port, body, headers)
     assert refused.status == 503 and refused.error_code == "quota_store_unavailable"
 
-    result, streaming = {}, threading.Event()
-    thread = threading.Thread(target=lambda: result.update(got=stream(
-        fault_stack.port, body, headers, on_event=lambda _: streaming.set())))
-    thread.start()
-    assert streaming.wait(30)  # admitted and streaming
+    thread, result = _streaming(fault_stack, body, headers)
     with paused(fault_stack.store_pid):
         thread.join()  # finishes while the store is stopped: settlement deferred
         got = result["got"]
@@ -97,6 +93,29 @@ def test_settlement_deferred_while_the_store_is_stopped_is_replayed(fault_stack)
         assert ledger_tokens_unreachable(fault_stack)
     ledger_reaches(fault_stack, TENANT, before + got.tokens)
     assert open_reservations(fault_stack, TENANT) == 0
+
+
+def _streaming(stack, body: dict, headers: dict) -> tuple[threading.Thread, dict]:
+    """A stream admitted and running once the store answers again. The store was stopped a
+    moment ago: an admission whose answer is still lost is refused with 503 (fail closed), and
+    the client retries as Retry-After says, within a bound."""
+    deadline = time.monotonic() + 30
+    while True:
+        result, streaming = {}, threading.Event()
+        thread = threading.Thread(target=lambda result=result, streaming=streaming: result.update(
+            got=stream(stack.port, body, headers, on_event=lambda _: streaming.set())))
+        thread.start()
+        while not streaming.wait(0.2) and thread.is_alive() and time.monotonic() < deadline:
+            pass
+        if streaming.is_set():
+            return thread, result
+        thread.join(30)
+        got = result.get("got")
+        refused = got is not None and got.status == 503 and got.error_code == "quota_store_unavailable"
+        assert refused and time.monotonic() < deadline, (
+            "not admitted and streaming once the store answered again: "
+            f"{None if got is None else (got.status, got.error_code, got.body[:300])}")
+        time.sleep(1)
 
 
 def ledger_tokens_unreachable(stack) -> bool:
