@@ -69,6 +69,7 @@ BODY = {"model": os.environ["BENCH_MODEL"], "stream": True, "max_tokens": TOKENS
 
 def ask(user, tenant):
     body = {**BODY, "messages": [{"role": "user", "content": f"公平性の測定 {time.time_ns()}"}]}
+    sent = time.time()
     start = time.perf_counter()
     with user.client.post("/v1/chat/completions", json=body, stream=True, catch_response=True,
                           headers={"Authorization": "Bearer " + KEYS[tenant]}, name=tenant) as resp:
@@ -79,7 +80,7 @@ def ask(user, tenant):
             except Exception:
                 code = None
             OUT.write(json.dumps({"tenant": tenant, "status": resp.status_code, "code": code,
-                                  "at": time.time()}) + "\n")
+                                  "sent": sent, "at": time.time()}) + "\n")
             return
         meter = StreamMeter(start, keep_text=False)
         for data in resp.iter_content(chunk_size=None):
@@ -87,7 +88,7 @@ def ask(user, tenant):
         m = meter.result
         ok = m.done and m.ttft_s is not None
         resp.success()
-        OUT.write(json.dumps({"tenant": tenant, "status": 200 if ok else 599, "at": time.time(),
+        OUT.write(json.dumps({"tenant": tenant, "status": 200 if ok else 599, "sent": sent, "at": time.time(),
                               "ttft_ms": 1000 * m.ttft_s if ok else None}) + "\n")
 
 def user_class(tenant):
@@ -151,6 +152,9 @@ def run_phase(base: str, keys: dict[str, str], counts: dict[str, int], args: arg
                        timeout=args.seconds + 120)
     rows = [json.loads(line) for line in out.read_text().splitlines() if line]
     result = {}
+    if rows:  # the steady state only: see `in_window`
+        t0 = min(r["sent"] for r in rows)
+        rows = [r for r in rows if in_window(r, t0 + args.settle, t0 + args.seconds)]
     for tenant in counts:
         mine = [r for r in rows if r["tenant"] == tenant]
         ttft = [r["ttft_ms"] for r in mine if r["status"] == 200]
@@ -162,6 +166,18 @@ def run_phase(base: str, keys: dict[str, str], counts: dict[str, int], args: arg
             "ttft_p90_ms": percentile(ttft, 90) if ttft else None,
         }
     return result
+
+
+def in_window(row: dict, start: float, end: float) -> bool:
+    """A request sent after the phase's first `--settle` seconds and answered before its end.
+
+    Every user starts at once (a burst no steady state has), and when the phase's time is up
+    locust lets each user finish the request it has in flight (`--stop-timeout`): with 10 users
+    per tenant that drain adds about 10 completions to each tenant whatever the weights, which
+    pulls a 2:1 split toward 1:1 (runs 1-4 counted them). Throughput shares and TTFT are
+    measured on the window where both tenants are backlogged and arriving.
+    """
+    return row["sent"] >= start and row["at"] <= end
 
 
 def summarise(rounds: list[dict[str, dict]]) -> dict:
@@ -194,14 +210,16 @@ def summarise(rounds: list[dict[str, dict]]) -> dict:
 def render(rounds: list[dict], summary: dict, args: argparse.Namespace, started: str) -> str:
     cmd = (f"flock /tmp/govllm-stack.lock .venv/bin/python -m loadtest.bench_fairness --rounds {args.rounds} "
            f"--seconds {args.seconds} --slots {args.slots} --queue {args.queue} --tokens {args.tokens} "
-           f"--quiet-users {args.quiet_users} --pacing {args.pacing:g}")
+           f"--quiet-users {args.quiet_users} --pacing {args.pacing:g} --settle {args.settle:g}")
     lines = ["## Fair admission: a quiet tenant beside a flood, weighted shares (issue 15, part 1)", "",
              f"Measured {started} on the 2-core development host: `{cmd}`.", "",
              f"One stack, {MODEL_ID} on 1 replica, {args.slots} admission slots and {args.queue} queued per "
              f"class, 1 router, `tenant_max_share` 1 (the fair queue alone decides); requests of "
              f"{args.tokens} tokens; each locust user one request every {args.pacing:g} s. Quiet: "
              f"{args.quiet_users} user(s); flood: 10x. Phases of {args.seconds} s in alternating order "
-             f"per round; medians across {args.rounds} rounds.", "",
+             f"per round; counted: requests sent after the phase's first {args.settle:g} s and "
+             f"answered before its end (not the start burst, not locust's drain of the requests in "
+             f"flight when the phase ends); medians across {args.rounds} rounds.", "",
              "| round | phase | tenant (weight) | served | refused: 429 + 503 | TTFT p50 ms | TTFT p90 ms |",
              "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rounds):
@@ -236,6 +254,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="Output tokens per request.")
     parser.add_argument("--quiet-users", type=int, default=1)
     parser.add_argument("--pacing", type=float, default=1.0, help="Seconds between a user's requests.")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="Seconds at the start of each phase left out of the figures (the start burst).")
     parser.add_argument("--output", type=Path, help="Markdown file to append the results to.")
     parser.add_argument("--json", type=Path, help="Write the raw rounds and summary here.")
     args = parser.parse_args()
