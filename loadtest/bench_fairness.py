@@ -18,6 +18,9 @@ Phases, each `--seconds` long, in alternating order round by round, side by side
 * equal: quiet and flood both offered 10x the quiet rate (both backlogged), weights 1:1;
 * weighted: heavy (weight 2) and flood (weight 1), both backlogged.
 
+Pinned by default (`--pin on`, loadtest/pinning.py, as `make bench`): the engine on one core,
+the stack's HTTP side and locust on the other, locust at the stack's HTTP niceness.
+
 Goals: the quiet tenant's TTFT p90 in `flood` within 1.5x of `alone` (same round), and in the
 backlogged phases each tenant's share of the completed requests within 10 % of its weight's
 share. With the quiet tenant below its fair share in `flood`, its max-min fair share is its
@@ -41,6 +44,7 @@ import yaml
 
 from cluster.spec.schema import DEFAULT_SPEC_PATH
 from govllm.runtime_env import free_port
+from loadtest import pinning
 from loadtest.bench_stacks import GOVLLM, Stack, publish, wait_serving
 from loadtest.llmload.metrics import percentile
 
@@ -119,6 +123,8 @@ def bench_spec(state: Path, port: int, args: argparse.Namespace) -> Path:
     spec["tenants"] = [{"id": t, "name": t, "kind": "municipality", "weight": w} for t, w in TENANTS.items()]
     spec["auth"] = {"enabled": True, "dev_tenant": "quiet"}
     spec["audit"] = {"enabled": False}
+    if args.layout is not None:  # the engine's OpenMP thread on the engine core from the start
+        spec.setdefault("engine", {})["cpu_omp_threads_bind"] = args.layout.omp_threads_bind
     state.mkdir(parents=True, exist_ok=True)
     path = state.parent / "fairness-spec.yaml"
     path.write_text(yaml.safe_dump(spec, allow_unicode=True))
@@ -136,8 +142,14 @@ def issue_keys(spec_path: Path) -> dict[str, str]:
 
 
 def run_phase(base: str, keys: dict[str, str], counts: dict[str, int], args: argparse.Namespace,
-              work: Path, tag: str) -> dict[str, dict]:
-    """One locust run with `counts` users per tenant; per tenant: served, refused, TTFT p50/p90."""
+              work: Path, tag: str, pinner: pinning.TreePinner | None = None) -> dict[str, dict]:
+    """One locust run with `counts` users per tenant; per tenant: served, refused, TTFT p50/p90.
+
+    Pinned (`--pin on`), the stack's engine runs on its core and everything else, locust
+    included, on the other at the stack's HTTP niceness: unpinned, locust at nice 0 beside Ray's
+    workers at nice 15 takes the shared cores whenever it is runnable, so the router's and the
+    replica's HTTP work (the path to every first token) waits behind the client's stream parsing.
+    """
     out = work / f"{tag}.jsonl"
     out.touch()
     users = sum(counts.values())
@@ -147,9 +159,17 @@ def run_phase(base: str, keys: dict[str, str], counts: dict[str, int], args: arg
     cmd = [sys.executable, "-m", "locust", "-f", str(work / "fair_users.py"), *counts, "--headless",
            "-u", str(users), "-r", str(users), "-t", f"{args.seconds}s", "--host", base,
            "--only-summary", "--stop-timeout", "30", "--loglevel", "WARNING"]
+    preexec = None
+    if pinner is not None:
+        pinner.pin()  # again each phase: threads started since are placed too
+        cores, nice = pinner.layout.http, pinner.http_nice()
+
+        def preexec() -> None:
+            os.sched_setaffinity(0, cores)
+            os.setpriority(os.PRIO_PROCESS, 0, nice)
     with (work / f"{tag}.log").open("w") as log:
         subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                       timeout=args.seconds + 120)
+                       timeout=args.seconds + 120, preexec_fn=preexec)
     rows = [json.loads(line) for line in out.read_text().splitlines() if line]
     result = {}
     if rows:  # the steady state only: see `in_window`
@@ -210,7 +230,8 @@ def summarise(rounds: list[dict[str, dict]]) -> dict:
 def render(rounds: list[dict], summary: dict, args: argparse.Namespace, started: str) -> str:
     cmd = (f"flock /tmp/govllm-stack.lock .venv/bin/python -m loadtest.bench_fairness --rounds {args.rounds} "
            f"--seconds {args.seconds} --slots {args.slots} --queue {args.queue} --tokens {args.tokens} "
-           f"--quiet-users {args.quiet_users} --pacing {args.pacing:g} --settle {args.settle:g}")
+           f"--quiet-users {args.quiet_users} --pacing {args.pacing:g} --settle {args.settle:g} "
+           f"--pin {args.pin}")
     lines = ["## Fair admission: a quiet tenant beside a flood, weighted shares (issue 15, part 1)", "",
              f"Measured {started} on the 2-core development host: `{cmd}`.", "",
              f"One stack, {MODEL_ID} on 1 replica, {args.slots} admission slots and {args.queue} queued per "
@@ -219,7 +240,10 @@ def render(rounds: list[dict], summary: dict, args: argparse.Namespace, started:
              f"{args.quiet_users} user(s); flood: 10x. Phases of {args.seconds} s in alternating order "
              f"per round; counted: requests sent after the phase's first {args.settle:g} s and "
              f"answered before its end (not the start burst, not locust's drain of the requests in "
-             f"flight when the phase ends); medians across {args.rounds} rounds.", "",
+             f"flight when the phase ends); medians across {args.rounds} rounds. "
+             + (f"Pinned: the engine on core(s) {args.layout.omp_threads_bind}, every other process of "
+                "the stack and locust on the others, locust at the stack's HTTP niceness "
+                "(loadtest/pinning.py)." if args.layout is not None else "Unpinned."), "",
              "| round | phase | tenant (weight) | served | refused: 429 + 503 | TTFT p50 ms | TTFT p90 ms |",
              "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(rounds):
@@ -256,9 +280,12 @@ def main() -> None:
     parser.add_argument("--pacing", type=float, default=1.0, help="Seconds between a user's requests.")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="Seconds at the start of each phase left out of the figures (the start burst).")
+    parser.add_argument("--pin", choices=("on", "off"), default="on",
+                        help="Engine on one core, the stack's HTTP side and locust on the others.")
     parser.add_argument("--output", type=Path, help="Markdown file to append the results to.")
     parser.add_argument("--json", type=Path, help="Write the raw rounds and summary here.")
     args = parser.parse_args()
+    args.layout = pinning.default_layout(sorted(os.sched_getaffinity(0))) if args.pin == "on" else None
     started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rounds: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="govllm-bench-fair-") as tmp:
@@ -271,15 +298,16 @@ def main() -> None:
         try:
             print("[bench-fairness] starting the stack", file=sys.stderr, flush=True)
             base, _ = stack.start(work)
+            pinner = pinning.TreePinner(stack.proc.pid, args.layout) if args.layout is not None else None
             keys = issue_keys(spec_path)
             wait_serving(base, keys["quiet"])
             run_phase(base, keys, {"quiet": 2}, argparse.Namespace(**{**vars(args), "seconds": 10}),
-                      work, "warmup")
+                      work, "warmup", pinner)
             for r in range(args.rounds):
                 results = {}
                 for phase in (list(PHASES) if r % 2 == 0 else list(PHASES)[::-1]):
                     counts = {t: n * args.quiet_users for t, n in PHASES[phase].items()}
-                    results[phase] = run_phase(base, keys, counts, args, work, f"r{r}-{phase}")
+                    results[phase] = run_phase(base, keys, counts, args, work, f"r{r}-{phase}", pinner)
                     print(f"[bench-fairness] round {r + 1} {phase}: {json.dumps(results[phase])}",
                           file=sys.stderr, flush=True)
                     time.sleep(2)  # the previous phase's queue drains
