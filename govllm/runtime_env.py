@@ -37,7 +37,8 @@ def serve_environment(run_dir: Path) -> dict[str, str]:
     """Variables for one local run; HAProxy files and side ports are private to the run.
 
     Several stacks can then run on one machine (a developer's `make serve` and the
-    test suite's own stack) without fighting over /tmp/haproxy-serve or port 8404.
+    test suite's own stack) without fighting over /tmp/haproxy-serve, port 8404, or Serve's
+    fallback proxy ports 8500/9500 (where a stack's HAProxy would reach another's router).
     """
     haproxy = haproxy_dir(run_dir)
     haproxy.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -50,6 +51,13 @@ def serve_environment(run_dir: Path) -> dict[str, str]:
             "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(haproxy / "server-state"),
             "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
             "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+            # Serve's fallback proxy (HAProxy's backup server when no router replica passes
+            # its health check) listens on 8500/9500 unless told otherwise. Two stacks on one
+            # machine then share one fallback: a request to stack A whose router was briefly
+            # marked down under load was answered by stack B's router (B's keys, B's tenants,
+            # B's audit trail; seen as a 401 in the scheduling suite's spike).
+            "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT": str(free_port()),
+            "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(free_port()),
             # A router replica that stops stays reachable this long so load balancers can
             # deregister it first (Ray's default: 30 s, sized for many HAProxy instances in
             # a cluster). A local run has one HAProxy on this machine, which drops a leaving

@@ -162,6 +162,16 @@ class Dispatcher:
             ep.last_probe = type(exc).__name__
             return False
 
+    @staticmethod
+    def _slow_but_streaming(ep: Endpoint) -> bool:
+        """A probe that timed out while this router's streams on the replica were still receiving
+        tokens: the replica is slow (its HTTP side starved of CPU, e.g. beside engines starting on
+        the same cores), not hung. Ejecting it would cut those live streams short (seen in the
+        scheduling suite's spike); a replica that really hangs stops streaming too and is ejected
+        by the next probe, or at once by its own requests' deadlines."""
+        return (ep.vendor is None and ep.last_probe == "TimeoutError"
+                and time.monotonic() - ep.last_data_at < _HEALTH_TIMEOUT_S)
+
     async def probe_once(self) -> None:
         """Probe every known replica: eject the silent or dead, readmit the recovered."""
         now = time.monotonic()
@@ -174,6 +184,8 @@ class Dispatcher:
                     continue
             if ok and self._table.may_readmit(ep):
                 self._table.readmit(ep)
+            elif not ok and not ep.ejected and self._slow_but_streaming(ep):
+                continue
             elif not ok and not ep.ejected:
                 self._table.eject(ep, f"health probe failed ({ep.last_probe})", failed=ep.vendor is not None)
             elif not ok and ep.vendor is not None and self._table.may_readmit(ep):
@@ -501,6 +513,7 @@ class Dispatcher:
                     deadline.reschedule(None)
                     if not data:
                         break
+                    ep.last_data_at = time.monotonic()  # evidence the replica is alive (probe_once)
                     pending += data
         except TimeoutError:
             if ep.cuts != cuts and ep.failed:

@@ -25,7 +25,9 @@ engine hangs is not readmitted every second), and then only once a probe of
 its `/health` answers 200 (`Dispatcher.probe_once`, every
 `router.replica_probe_interval_s`). Probes also run on replicas in rotation,
 so a replica that died silently leaves it within a probe interval even when
-no request touches it.
+no request touches it. A probe that merely timed out while this router's
+streams on the replica are still receiving tokens does not eject it (slow,
+not hung: `Dispatcher._slow_but_streaming`).
 
 An ejection also cuts short every request of this router still waiting on
 the replica (their deadlines fire at once: one that has not answered yet is
@@ -77,6 +79,7 @@ class Endpoint:
     vendor: VendorLink | None = field(default=None, repr=False)  # a vendor endpoint, not a replica
     next_probe_at: float = 0.0  # vendors: when a closed circuit is probed next (monotonic)
     last_probe: str = ""  # what the last failed health probe saw (our words, never the answer's)
+    last_data_at: float = float("-inf")  # when a stream of this router last received bytes (monotonic)
     seed: int = field(init=False, repr=False)  # rendezvous weight seed, from the replica id
 
     def __post_init__(self) -> None:

@@ -75,6 +75,28 @@ def test_haproxy_stats_page_listens_on_localhost_only(fault_stack):
         socket.create_connection((node_ip, port), timeout=5).close()
 
 
+def test_haproxy_falls_back_only_to_this_stacks_own_serve_proxy(fault_stack):
+    """HAProxy's backup server (used while no router replica passes its health check) is this
+    stack's own Serve proxy: with Serve's default port (8500) two stacks on one machine shared
+    it, and a request to one stack was answered by the other's router."""
+    import re
+
+    import psutil
+
+    from govllm.runtime_env import haproxy_dir
+
+    configs = list(haproxy_dir(fault_stack.state_dir / "run").glob("*/haproxy.cfg"))
+    assert configs, "no HAProxy configuration found for this stack"
+    backups = re.findall(r"server \S+ 127\.0\.0\.1:(\d+) check backup", configs[0].read_text())
+    assert backups, "no fallback server in HAProxy's configuration"
+    ours = {p.pid for p in fault_stack.descendants()}
+    for port in map(int, backups):
+        assert port != 8500, "the fallback proxy is on Serve's shared default port"
+        owners = {c.pid for c in psutil.net_connections("tcp")
+                  if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert owners and owners <= ours, (port, owners)
+
+
 def _non_loopback_ip() -> str | None:
     import socket
 

@@ -64,7 +64,7 @@ TEST_TENANTS = [
 ]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def outside():
     """The servers the stack depends on: S3/KMS (moto) for the audit archive, an OIDC issuer."""
     for key, value in AWS_ENV.items():
@@ -80,7 +80,7 @@ def outside():
     kms_server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def traces():
     """The OTLP/HTTP receiver the stack's routers and engines export their spans to."""
     receiver = OTLPTestReceiver().start()
@@ -88,7 +88,7 @@ def traces():
     receiver.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory, outside, traces) -> Stack:
     root = tmp_path_factory.mktemp("stack")
     spec = yaml.safe_load(DEFAULT_SPEC_PATH.read_text())
@@ -115,7 +115,7 @@ def stack(tmp_path_factory, outside, traces) -> Stack:
     stacks.stop(s)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def client(stack):
     from openai import OpenAI
 

@@ -34,7 +34,7 @@ def scaling_spec(root: Path) -> dict:
     return spec
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def scaling_stack(tmp_path_factory) -> Stack:
     root = tmp_path_factory.mktemp("scaling")
     s = stacks.start(root, scaling_spec(root))
@@ -42,7 +42,7 @@ def scaling_stack(tmp_path_factory) -> Stack:
     stacks.stop(s)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def scaling_client(scaling_stack):
     from openai import OpenAI
 

@@ -225,3 +225,28 @@ def test_ejecting_from_the_handler_of_an_expired_deadline_is_safe():
         table.eject(ep, "stream went silent")  # must not raise on the expired deadline
         assert ep.ejected
     run(go())
+
+
+def test_a_probe_timeout_does_not_eject_a_replica_whose_streams_are_flowing():
+    """A slow /health beside live streams is CPU starvation, not a hang: ejecting would cut the
+    streams. Silence, or an engine that says it is dead, still ejects."""
+    async def go(last_probe: str, data_age_s: float) -> bool:
+        table = EndpointTable()
+        d = Dispatcher(table, RouterSettings(), Admission(CONFIG.models, RouterSettings(), table),
+                       data_plane_token="t")
+        table.update({"a": [{"replica_id": "r0", "url": "http://h:0"}]})
+        ep = table.by_model["a"][0]
+        ep.last_data_at = time.monotonic() - data_age_s
+
+        async def unhealthy(e):
+            e.last_probe = last_probe
+            return False
+
+        d.healthy = unhealthy
+        await d.probe_once()
+        return ep.ejected
+
+    assert run(go("TimeoutError", 0.1)) is False
+    assert run(go("TimeoutError", 30.0)) is True
+    assert run(go("HTTP 503", 0.1)) is True
+    assert run(go("ClientConnectorError", 0.1)) is True
