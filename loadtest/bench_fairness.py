@@ -159,17 +159,17 @@ def run_phase(base: str, keys: dict[str, str], counts: dict[str, int], args: arg
     cmd = [sys.executable, "-m", "locust", "-f", str(work / "fair_users.py"), *counts, "--headless",
            "-u", str(users), "-r", str(users), "-t", f"{args.seconds}s", "--host", base,
            "--only-summary", "--stop-timeout", "30", "--loglevel", "WARNING"]
-    preexec = None
+    saved = {}
     if pinner is not None:
         pinner.pin()  # again each phase: threads started since are placed too
-        cores, nice = pinner.layout.http, pinner.http_nice()
-
-        def preexec() -> None:
-            os.sched_setaffinity(0, cores)
-            os.setpriority(os.PRIO_PROCESS, 0, nice)
-    with (work / f"{tag}.log").open("w") as log:
-        subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                       timeout=args.seconds + 120, preexec_fn=preexec)
+        # locust inherits this process's cores and niceness: the client's place in `make bench`
+        saved = pinning.pin_threads(os.getpid(), pinner.layout.http, pinner.http_nice())
+    try:
+        with (work / f"{tag}.log").open("w") as log:
+            subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                           timeout=args.seconds + 120)
+    finally:
+        pinning.restore_threads(saved)
     rows = [json.loads(line) for line in out.read_text().splitlines() if line]
     result = {}
     if rows:  # the steady state only: see `in_window`

@@ -184,10 +184,9 @@ class Dispatcher:
                     continue
             if ok and self._table.may_readmit(ep):
                 self._table.readmit(ep)
-            elif not ok and not ep.ejected and self._slow_but_streaming(ep):
-                continue
             elif not ok and not ep.ejected:
-                self._table.eject(ep, f"health probe failed ({ep.last_probe})", failed=ep.vendor is not None)
+                if not self._slow_but_streaming(ep):
+                    self._table.eject(ep, f"health probe failed ({ep.last_probe})", failed=ep.vendor is not None)
             elif not ok and ep.vendor is not None and self._table.may_readmit(ep):
                 # half-open probe failed: the circuit opens again, for twice as long
                 self._table.readmit(ep)

@@ -17,11 +17,13 @@ runs in one slot of a Redis Cluster too.
 
 Settlement runs after every request, whatever happened to it: a request that
 never reached a model (no replica, timed out in the queue, cancelled) only
-releases its reservation. Admission is idempotent per request id too (a client
-retry of a script that had run is not counted twice), and a request refused
-because admission's answer was lost (503) is uncounted by its settlement. It is idempotent per request id (the request index
+releases its reservation. It is idempotent per request id (the request index
 `req:{tenant}:<id>` doubles as the "settled" mark), so a settlement replayed
 after a store timeout that had in fact been applied is not counted twice.
+
+Admission is idempotent per request id too (a mark in the minute's window, so a
+client retry of a script that had run is not counted twice), and a request
+refused because admission's answer was lost (503) is uncounted by its settlement.
 
 Months are calendar months in Asia/Tokyo: budgets are set by Japanese fiscal
 rules, and the month boundary is midnight JST.
