@@ -89,7 +89,13 @@ def engine_progress() -> float | None:
 
 
 class StallWatch:
-    """Whether an engine with requests in flight has stopped making progress."""
+    """Whether an engine with requests in flight has stopped making progress.
+
+    The clock starts at the later of the last movement of the engine's token counters and the
+    arrival of the oldest request still in flight: time the engine sat idle before a request
+    came is not time that request waited (counting it declared a healthy engine stalled two
+    seconds into its first slow request after a quiet spell).
+    """
 
     def __init__(self, stall_s: float, progress=engine_progress):
         self._stall_s = stall_s
@@ -97,12 +103,13 @@ class StallWatch:
         self._last: float | None = None
         self._since = 0.0
 
-    def stalled(self, ongoing: int, now: float) -> bool:
+    def stalled(self, waiting_since: float | None, now: float) -> bool:
+        """`waiting_since`: when the oldest request in flight arrived (None: none in flight)."""
         progress = self._progress()
-        if progress is None or ongoing == 0 or progress != self._last:
+        if progress is None or waiting_since is None or progress != self._last:
             self._last, self._since = progress, now
             return False
-        return now - self._since >= self._stall_s
+        return now - max(self._since, waiting_since) >= self._stall_s
 
 
 class DataPlaneGate:
@@ -114,8 +121,19 @@ class DataPlaneGate:
             raise ValueError("the data-plane credential is empty")
         self.app = app
         self._expected = f"Bearer {token}".encode()
-        self.ongoing = 0
+        self._arrivals: dict[int, float] = {}  # generation requests in flight -> arrival, oldest first
+        self._next = 0
         self.stalled = False
+
+    @property
+    def ongoing(self) -> int:
+        """Generation requests in flight (what the replica reports as its load)."""
+        return len(self._arrivals)
+
+    @property
+    def waiting_since(self) -> float | None:
+        """When the oldest generation request still in flight arrived; None when idle."""
+        return next(iter(self._arrivals.values()), None)
 
     def _authorised(self, scope) -> bool:
         for name, value in scope["headers"]:
@@ -137,11 +155,12 @@ class DataPlaneGate:
         if path not in _GENERATION_PATHS:
             await self.app(scope, receive, send)
             return
-        self.ongoing += 1
+        ticket, self._next = self._next, self._next + 1
+        self._arrivals[ticket] = time.monotonic()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.ongoing -= 1
+            del self._arrivals[ticket]
 
 
 async def _send_json(send, status: int, body: bytes, extra: list | None = None) -> None:
@@ -231,7 +250,7 @@ class DataPlaneLLMServer(LLMServer):
         (tens of seconds); routers must stop sending to it at once.
         """
         while True:
-            stalled = self._stall.stalled(self._gate.ongoing, time.monotonic())
+            stalled = self._stall.stalled(self._gate.waiting_since, time.monotonic())
             if stalled != self._gate.stalled:
                 logger.error("engine of %s %s", self._model_id,
                              "has stalled: requests wait but no token comes" if stalled else "makes progress again")

@@ -3,6 +3,7 @@ each, and nothing crashes or wedges a router replica."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.faults
 CHAT = "/v1/chat/completions"
 ALLOWED = {200, 400, 404, 408, 413, 415}
 seen: dict[str, int] = {}  # client request id -> status, checked against the trail at the end
+_ids = itertools.count()  # one id per request sent, also those of a failing example and its shrinking
 
 
 def _dupes(key: str) -> st.SearchStrategy[bytes]:
@@ -68,12 +70,13 @@ EXTRA_HEADERS = st.lists(st.sampled_from([
 ]), max_size=3)
 
 
-def _post(stack, body: bytes, content_type, extra) -> httpx.Response:
-    headers = [("authorization", f"Bearer {stack.api_key}"), ("x-request-id", f"hostile-{len(seen)}")]
+def _post(stack, body: bytes, content_type, extra) -> tuple[str, httpx.Response]:
+    cid = f"hostile-{next(_ids)}"
+    headers = [("authorization", f"Bearer {stack.api_key}"), ("x-request-id", cid)]
     if content_type is not None:
         headers.append(("content-type", content_type))
     headers += extra
-    return httpx.post(stack.base_url + CHAT, content=body, headers=headers, timeout=60)
+    return cid, httpx.post(stack.base_url + CHAT, content=body, headers=headers, timeout=60)
 
 
 def assert_openai_error(resp: httpx.Response) -> None:
@@ -86,12 +89,12 @@ def assert_openai_error(resp: httpx.Response) -> None:
           derandomize=False)
 @given(body=BODIES, content_type=CONTENT_TYPES, extra=EXTRA_HEADERS)
 def test_hostile_requests_get_a_clear_error_and_a_record(fault_stack, body, content_type, extra):
-    resp = _post(fault_stack, body, content_type, extra)
+    cid, resp = _post(fault_stack, body, content_type, extra)
     assert resp.status_code in ALLOWED, (resp.status_code, resp.text[:300])
     if resp.status_code != 200:
         assert_openai_error(resp)
     assert resp.headers.get("x-govllm-request-id"), "every router answer names its request id"
-    seen[f"hostile-{len(seen)}"] = resp.status_code
+    seen[cid] = resp.status_code
 
 
 def test_every_hostile_request_is_on_the_trail_once_and_the_routers_survived(fault_stack, openai_client):
