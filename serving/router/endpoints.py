@@ -47,6 +47,7 @@ finds a failed vendor by its first failure or probe).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
     from serving.vendor.link import VendorLink
 
 _MAX_EJECT_FACTOR = 12
+
+logger = logging.getLogger("govllm.router")
 
 
 @dataclass
@@ -183,6 +186,9 @@ class EndpointTable:
         hold = hold_s if hold_s is not None else base * min(2 ** (ep.ejections - 1), _MAX_EJECT_FACTOR)
         ep.ejected, ep.ejected_until, ep.reason, ep.failed = True, time.monotonic() + hold, reason, failed
         ep.cuts += 1
+        # the reasons are fixed phrases and status codes: nothing of a request is in them
+        logger.warning("model %s replica %s out of rotation for %s: %s", ep.model_id, ep.replica_id,
+                       "as long as it is misconfigured" if math.isinf(hold) else f"{hold:.1f} s", reason)
         self.ejection_counts[ep.model_id, "peer" if not report and ep.vendor is None else "self"] += 1
         if report and ep.vendor is None:
             self.reports.append((ep.replica_id, hold))
@@ -222,6 +228,7 @@ class EndpointTable:
 
     def readmit(self, ep: Endpoint) -> None:
         ep.ejected, ep.reason = False, ""
+        logger.info("model %s replica %s back in rotation", ep.model_id, ep.replica_id)
 
     @staticmethod
     def succeeded(ep: Endpoint) -> None:

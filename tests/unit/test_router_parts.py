@@ -212,6 +212,21 @@ def test_ejection_cuts_short_what_waits_on_the_replica_and_is_shared():
     run(go())
 
 
+def test_an_ejection_and_a_readmission_are_logged_for_the_operator(caplog):
+    table = EndpointTable()
+    table.update({"a": [{"replica_id": "r0", "url": "http://h:0"}]})
+    ep = table.by_model["a"][0]
+    with caplog.at_level("INFO", logger="govllm.router"):
+        table.eject(ep, "engine failed (HTTP 500)", failed=True)
+        table.eject(ep, "engine failed (HTTP 500)", failed=True)  # already out: said once
+        table.readmit(ep)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records]
+    assert said == [
+        ("WARNING", f"model a replica r0 out of rotation for {table.eject_s:.1f} s: engine failed (HTTP 500)"),
+        ("INFO", "model a replica r0 back in rotation"),
+    ]
+
+
 def test_ejecting_from_the_handler_of_an_expired_deadline_is_safe():
     """The relay ejects a replica after its own idle deadline fired (still registered)."""
     async def go():
