@@ -228,7 +228,7 @@ class Dispatcher:
             return None
         try:
             # the quota step already bounded this request when its tenant has a budget
-            return await limiter.acquire(ctx.reserved_tokens or reservation_for(ctx))
+            return await limiter.acquire(ctx.reserved_tokens or reservation_for(ctx), ctx.request_id)
         except ContractRefused as refused:
             ctx.attempts.append(f"{model.id}: contract {refused.limit}")
             if refused.limit == "store":

@@ -19,6 +19,13 @@ A refused request tries the next model of its alias group; when none is left
 it gets 429 `vendor_rate_limited` with Retry-After to the next minute. If the
 store cannot be reached, a vendor model with limits is not used (fail closed):
 the contract is a hard promise, like a tenant's budget.
+
+Counting is idempotent per request: the script marks the request id in the
+minute's window, so a call that the Redis client retried after the first had
+already counted (redis-py retries a command whose answer timed out) counts the
+request once; a request refused because the answer was lost is uncounted in the
+background once the store answers again (the mark says whether it was counted).
+Until then the window over-counts, the safe direction for a contract.
 """
 
 from __future__ import annotations
@@ -33,10 +40,13 @@ from serving.config.vendor import VendorLimits
 
 logger = logging.getLogger("govllm.vendor")
 
-# KEYS: rpm window, tpm window. ARGV: rpm limit (0: none), tpm limit (0: none), tokens to count.
-# Returns {0, 0} when admitted, {1, used} over requests, {2, used} over tokens.
+# KEYS: rpm window, tpm window, the minute's admission marks. ARGV: rpm limit (0: none),
+# tpm limit (0: none), tokens to count, request id.
+# Returns {0, 0} when admitted (now or by an earlier run of this call), {1, used} over requests,
+# {2, used} over tokens.
 _ADMIT = """
 local rpm, tpm, tokens = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then return {0, 0} end
 if rpm > 0 then
   local c = tonumber(redis.call('GET', KEYS[1]) or '0')
   if c >= rpm then return {1, c} end
@@ -51,8 +61,21 @@ if rpm > 0 then
   redis.call('INCR', KEYS[1])
   redis.call('EXPIRE', KEYS[1], 180)
 end
+redis.call('HSET', KEYS[3], ARGV[4], 1)
+redis.call('EXPIRE', KEYS[3], 180)
 return {0, 0}
 """
+
+# Takes back a request whose admission answer was lost, if (and only if) the admission counted it.
+# KEYS: as _ADMIT. ARGV: request id, whether requests are counted (1/0), tokens counted.
+_UNCOUNT = """
+if redis.call('HDEL', KEYS[3], ARGV[1]) == 0 then return 0 end
+if ARGV[2] == '1' then redis.call('DECR', KEYS[1]) end
+if tonumber(ARGV[3]) > 0 then redis.call('DECRBY', KEYS[2], ARGV[3]) end
+return 1
+"""
+#: How long a lost admission is retried for being uncounted: past its minute, the count is moot.
+_UNCOUNT_FOR_S = 60.0
 
 
 class ContractRefused(Exception):
@@ -86,31 +109,40 @@ class ContractLimiter:
         self._timeout_s = timeout_s
         self._clock = clock
         self._admit = client.register_script(_ADMIT) if self.active else None
+        self._uncount = client.register_script(_UNCOUNT) if self.active else None
+        self._uncounting: set[asyncio.Task] = set()
 
     @property
     def active(self) -> bool:
         return bool(self.limits.requests_per_minute or self.limits.tokens_per_minute)
 
-    def _windows(self, now: float) -> tuple[str, str]:
+    def _windows(self, now: float) -> tuple[str, str, str]:
         minute = str(int(now // 60))
         return (self._keys.contract(self.model_id, "rpm", minute),
-                self._keys.contract(self.model_id, "tpm", minute))
+                self._keys.contract(self.model_id, "tpm", minute),
+                self._keys.contract(self.model_id, "admitted", minute))
 
-    async def acquire(self, tokens: int) -> Ticket:
-        """Count one request of at most `tokens` tokens, or raise ContractRefused."""
+    async def acquire(self, tokens: int, request_id: str) -> Ticket:
+        """Count one request of at most `tokens` tokens, or raise ContractRefused.
+
+        Counted once per `request_id` whatever the client retried (see the module docstring).
+        """
         if not self.active:
             return Ticket(None, 0)
         now = self._clock()
-        rpm_key, tpm_key = self._windows(now)
+        keys = self._windows(now)
+        tpm_key = keys[1]
         counted = tokens if self.limits.tokens_per_minute else 0
         retry = max(1, 60 - int(now % 60))
         try:
             verdict, used = await asyncio.wait_for(
-                self._admit(keys=[rpm_key, tpm_key],
+                self._admit(keys=list(keys),
                             args=[self.limits.requests_per_minute or 0,
-                                  self.limits.tokens_per_minute or 0, counted]),
+                                  self.limits.tokens_per_minute or 0, counted, request_id]),
                 self._timeout_s)
         except Exception as exc:
+            self._uncount_later(list(keys), [request_id, 1 if self.limits.requests_per_minute else 0,
+                                             counted])
             raise ContractRefused(self.model_id, "store", 5,
                                   "its contract counters cannot be read (shared store unreachable)") from exc
         if int(verdict) == 1:
@@ -127,6 +159,25 @@ class ContractLimiter:
                                   f"{int(used)} of the contract's {self.limits.tokens_per_minute} "
                                   "tokens per minute are used or reserved")
         return Ticket(tpm_key if counted else None, counted)
+
+    def _uncount_later(self, keys: list[str], args: list) -> None:
+        """Take back, once the store answers, a request whose admission answer was lost."""
+        task = asyncio.get_running_loop().create_task(self._uncount_when_reachable(keys, args))
+        self._uncounting.add(task)
+        task.add_done_callback(self._uncounting.discard)
+
+    async def _uncount_when_reachable(self, keys: list[str], args: list) -> None:
+        deadline = time.monotonic() + _UNCOUNT_FOR_S
+        while True:
+            try:
+                await asyncio.wait_for(self._uncount(keys=keys, args=args), self._timeout_s)
+                return
+            except Exception as exc:
+                if time.monotonic() >= deadline:  # the window over-counts: the safe direction
+                    logger.warning("contract count of a lost admission for %s not taken back: %s",
+                                   self.model_id, type(exc).__name__)
+                    return
+                await asyncio.sleep(1.0)
 
     async def settle(self, ticket: Ticket, used_tokens: int) -> None:
         """Replace the admission estimate by the real usage in the window it was counted in."""
