@@ -3,6 +3,11 @@ directly (not through govllm), with an API key and TLS from a CA made for the te
 
 It serves a generated development model under the vendor's own model name. Its middleware
 (tests/vendor/headers.py) records the headers of every request it receives.
+
+A real vendor runs on its own machines; this one shares the test host's two cores with the
+stack, so it runs at Ray's worker niceness (15, as the routers and engines do): at the default
+niceness its engine, generating a long answer flat out, took the cores from the routers and the
+store for seconds and timed out their store calls.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from tests.servers import _tls_files
 
 REPO = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240
+NICENESS = 15  # Ray's default worker niceness (RAY_worker_niceness)
 
 
 @dataclass
@@ -55,7 +61,8 @@ class VendorServer:
                  "--max-model-len", "2048", "--host", "127.0.0.1", "--port", str(self.port),
                  "--api-key", self.api_key, "--ssl-certfile", str(self.cert), "--ssl-keyfile", str(self.key),
                  "--middleware", "tests.vendor.headers.record"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True)
+                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root, start_new_session=True,
+                preexec_fn=lambda: os.nice(NICENESS))
 
     def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s
