@@ -102,6 +102,22 @@ def async_client(settings: StoreSettings) -> Any:
     return aredis.from_url(settings.resolved_url(), **options)
 
 
+async def run_idempotent_script(script: Any, keys: list, args: list) -> Any:
+    """Call a registered Lua script, a second time if the client failed the first call.
+
+    redis-py 8.1's asyncio clients let transport-level errors of a connection being opened or
+    reset escape as AttributeError/TypeError, past their own retries (redis/redis-py#4287); the
+    cluster client hit it in this project's tests on the first concurrent calls of a script a
+    node had not loaded yet (NOSCRIPT, then SCRIPT LOAD on a connection another call was still
+    opening). Only scripts that count a request once whatever happens (a per-request mark) may be
+    called twice, so only those use this; the caller bounds both tries with its own timeout.
+    """
+    try:
+        return await script(keys=keys, args=args)
+    except Exception:
+        return await script(keys=keys, args=args)
+
+
 def sync_client(settings: StoreSettings) -> Any:
     """The command line's client (and the audit heads'): `redis.Redis`, or `RedisCluster`.
 

@@ -23,7 +23,9 @@ after a store timeout that had in fact been applied is not counted twice.
 
 Admission is idempotent per request id too (a mark in the minute's window, so a
 client retry of a script that had run is not counted twice), and a request
-refused because admission's answer was lost (503) is uncounted by its settlement.
+refused because admission's answer was lost (503) is uncounted by its settlement,
+which voids the mark: an admission still on its way (queued in a stopped store)
+that runs after the settlement finds it and counts nothing.
 
 Months are calendar months in Asia/Tokyo: budgets are set by Japanese fiscal
 rules, and the month boundary is midnight JST.
@@ -46,7 +48,7 @@ from zoneinfo import ZoneInfo
 
 from serving.config import ServingConfig
 from serving.request import APIError, RequestContext
-from serving.store import StoreKeyspace
+from serving.store import StoreKeyspace, run_idempotent_script
 from serving.tenancy.reservation import reservation_for
 
 __all__ = ["QuotaLedger", "month_of", "rate_limit_headers", "reservation_for", "seconds_to_next_month"]
@@ -110,7 +112,12 @@ return {0, 0, c, tused}
 # counted, -1 (released only) or -2 (already settled).
 _SETTLE = """
 if ARGV[1] ~= '' then redis.call('ZREM', KEYS[2], ARGV[1]) end
-if ARGV[8] ~= '' and redis.call('HDEL', KEYS[6], ARGV[8]) == 1 then redis.call('DECR', KEYS[5]) end
+if ARGV[8] ~= '' then
+  local mark = redis.call('HGET', KEYS[6], ARGV[8])
+  redis.call('HSET', KEYS[6], ARGV[8], 0)
+  redis.call('EXPIRE', KEYS[6], 120)
+  if mark == '1' then redis.call('DECR', KEYS[5]) end
+end
 local m = ARGV[4]
 if m == '' then return -1 end
 if redis.call('HSETNX', KEYS[4], 'model', m) == 0 then return -2 end
@@ -225,7 +232,8 @@ class QuotaLedger:
         """One script call, bounded by store.timeout_s however the client retries inside."""
         started = time.perf_counter()
         try:
-            return await asyncio.wait_for(script(keys=keys, args=args), self._timeout_s)
+            # both scripts are idempotent per request id, so a failed client call may be tried again
+            return await asyncio.wait_for(run_idempotent_script(script, keys, args), self._timeout_s)
         finally:
             if self._metrics is not None:  # govllm_store_command_seconds
                 self._metrics.store_command("admit" if script is self._admit else "settle",

@@ -24,7 +24,8 @@ Counting is idempotent per request: the script marks the request id in the
 minute's window, so a call that the Redis client retried after the first had
 already counted (redis-py retries a command whose answer timed out) counts the
 request once; a request refused because the answer was lost is uncounted in the
-background once the store answers again (the mark says whether it was counted).
+background once the store answers again (the mark says whether it was counted,
+and the take-back voids it, so an admission that runs later counts nothing).
 Until then the window over-counts, the safe direction for a contract.
 """
 
@@ -37,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from serving.config.vendor import VendorLimits
+from serving.store import run_idempotent_script
 
 logger = logging.getLogger("govllm.vendor")
 
@@ -66,10 +68,15 @@ redis.call('EXPIRE', KEYS[3], 180)
 return {0, 0}
 """
 
-# Takes back a request whose admission answer was lost, if (and only if) the admission counted it.
+# Takes back a request whose admission answer was lost, if (and only if) the admission counted it,
+# and voids its mark ('0'), so an admission still on its way (queued in a stopped store, say)
+# finds the mark when it runs after this and counts nothing: exactly once in either order.
 # KEYS: as _ADMIT. ARGV: request id, whether requests are counted (1/0), tokens counted.
 _UNCOUNT = """
-if redis.call('HDEL', KEYS[3], ARGV[1]) == 0 then return 0 end
+local mark = redis.call('HGET', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[1], 0)
+redis.call('EXPIRE', KEYS[3], 180)
+if mark ~= '1' then return 0 end
 if ARGV[2] == '1' then redis.call('DECR', KEYS[1]) end
 if tonumber(ARGV[3]) > 0 then redis.call('DECRBY', KEYS[2], ARGV[3]) end
 return 1
@@ -136,9 +143,9 @@ class ContractLimiter:
         retry = max(1, 60 - int(now % 60))
         try:
             verdict, used = await asyncio.wait_for(
-                self._admit(keys=list(keys),
-                            args=[self.limits.requests_per_minute or 0,
-                                  self.limits.tokens_per_minute or 0, counted, request_id]),
+                run_idempotent_script(self._admit, list(keys),
+                                      [self.limits.requests_per_minute or 0,
+                                       self.limits.tokens_per_minute or 0, counted, request_id]),
                 self._timeout_s)
         except Exception as exc:
             self._uncount_later(list(keys), [request_id, 1 if self.limits.requests_per_minute else 0,
@@ -170,7 +177,7 @@ class ContractLimiter:
         deadline = time.monotonic() + _UNCOUNT_FOR_S
         while True:
             try:
-                await asyncio.wait_for(self._uncount(keys=keys, args=args), self._timeout_s)
+                await asyncio.wait_for(run_idempotent_script(self._uncount, keys, args), self._timeout_s)
                 return
             except Exception as exc:
                 if time.monotonic() >= deadline:  # the window over-counts: the safe direction
