@@ -170,6 +170,13 @@ class RouterSettings(StrictModel):
         default=60.0, gt=0,
         description="Longest silence between two chunks of an answer before it is cut off (504).",
     )
+    client_send_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="Longest a client may leave an answer unread (its connection takes no more "
+        "data) before the router stops sending it and frees the request's admission slot; "
+        "recorded 408 client_read_timeout, billed what was sent. Without it a client that stops "
+        "reading holds a slot until HAProxy's client timeout (an hour).",
+    )
     replica_probe_interval_s: float = Field(
         default=1.0, gt=0,
         description="How often every known replica is probed (GET /health): a failed probe takes "

@@ -33,6 +33,7 @@ from serving.request import APIError, Finisher, RequestContext, Scope, Step, hea
 from serving.router.admission import Admission
 from serving.router.asgi import (
     ClientDisconnected,
+    ClientTooSlow,
     Receive,
     Send,
     lifespan,
@@ -200,6 +201,8 @@ class RouterApp:
                 await _send_error_quietly(send, exc, ctx)
         except ClientDisconnected:
             ctx.status, ctx.error_code = 499, "client_disconnected"
+        except ClientTooSlow:  # the stream was cut: the client took nothing for client_send_timeout_s
+            ctx.status, ctx.error_code = 408, "client_read_timeout"
         except asyncio.CancelledError:
             ctx.status, ctx.error_code = 499, "client_disconnected"
             raise

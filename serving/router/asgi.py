@@ -66,6 +66,11 @@ class ClientDisconnected(Exception):
     """The client went away; nothing can be sent any more."""
 
 
+class ClientTooSlow(Exception):
+    """The client took no data for `router.client_send_timeout_s`: nothing more is sent to it
+    (another send would wait the same way), and its admission slot is freed."""
+
+
 async def send_json(
     send: Send, status: int, payload: Any, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:

@@ -25,6 +25,7 @@ from serving.config import ServingConfig
 from serving.logs import attach_to_serve_logs
 from serving.router.app import RouterApp
 from serving.router.cold_start import ColdStart
+from serving.router.dispatch import STALLED_CLIENT_CHECK_S
 from serving.router.endpoints import EndpointTable
 from serving.router.metrics import MetricsSampler, RouterMetrics
 from serving.router.request_path import build_request_path
@@ -86,6 +87,7 @@ class Router:
         background = [
             self._every(cfg.router.registry_refresh_s, self._refresh_endpoints),
             self._every(cfg.router.replica_probe_interval_s, self._app.dispatcher.probe_once),
+            self._every(STALLED_CLIENT_CHECK_S, self._app.dispatcher.cut_stalled_clients),
             quota.retry_deferred(),
             MetricsSampler(metrics, router=self._replica_id, admission=self._app.admission,
                            table=self._app.table, dispatcher=self._app.dispatcher, ledger=quota,

@@ -23,7 +23,10 @@ Order of events for one request:
    read and removed by the StreamMeter (serving/router/metering.py), so
    billing counts what was delivered. A stream silent for
    `stream_idle_timeout_s`, cut by the replica or ended by an engine error
-   gets an error event in govllm's vocabulary;
+   gets an error event in govllm's vocabulary. A client that takes no data for
+   `client_send_timeout_s` (it stopped reading) is sent nothing more and its
+   request ends (408 `client_read_timeout` on the trail, billed what was
+   sent), so it cannot hold an admission slot for HAProxy's hour;
 5. the audit end record is made durable (`before_end`) before the last bytes
    (the non-streamed body or the stream's `data: [DONE]`).
 
@@ -59,7 +62,7 @@ from serving.model_kinds import OPERATION_PATHS
 from serving.observability.tracing.off import NO_TRACING
 from serving.request import APIError, RequestContext
 from serving.router.admission import Admission
-from serving.router.asgi import Send
+from serving.router.asgi import ClientTooSlow, Send
 from serving.router.cold_start import ColdStart
 from serving.router.endpoints import Endpoint, EndpointTable
 from serving.router.metering import StreamMeter, upstream_stream_options
@@ -96,6 +99,28 @@ class _Failed(Exception):
         self.error, self.free = error, free
 
 
+#: How often the router looks for streams whose client stopped reading (cut_stalled_clients).
+STALLED_CLIENT_CHECK_S = 1.0
+
+
+class _Relay:
+    """One stream being relayed, as the stalled-client watchdog sees it (`cut_stalled_clients`).
+
+    The relay marks each send to the client (a flag and a count: no clock read, no timer per
+    event, which measurably cost the relay); the watchdog finds relays stuck in the same send
+    and fires their deadline once it has lasted `client_send_timeout_s`.
+    """
+
+    __slots__ = ("deadline", "in_send", "sent", "seen", "stuck_since")
+
+    def __init__(self, deadline: asyncio.Timeout):
+        self.deadline = deadline
+        self.in_send = False
+        self.sent = 0  # sends completed
+        self.seen = -1  # `sent` when the watchdog last looked
+        self.stuck_since = 0.0
+
+
 class Dispatcher:
     """Forwards to model replicas.
 
@@ -119,6 +144,7 @@ class Dispatcher:
         self._auth = f"Bearer {data_plane_token}"
         self._session: aiohttp.ClientSession | None = None
         self.failovers: Counter[str] = Counter()  # per model (serving/router/metrics/sampler.py)
+        self._relays: set[_Relay] = set()  # streams being relayed, for cut_stalled_clients
         #: Wakes on-demand models at zero replicas (serving/router/cold_start.py); set by the
         #: router deployment, which holds the models' Serve handles.
         self.cold_start: ColdStart | None = None
@@ -171,6 +197,22 @@ class Dispatcher:
         by the next probe, or at once by its own requests' deadlines."""
         return (ep.vendor is None and ep.last_probe == "TimeoutError"
                 and time.monotonic() - ep.last_data_at < _HEALTH_TIMEOUT_S)
+
+    async def cut_stalled_clients(self) -> None:
+        """End the streams whose client has taken nothing for `client_send_timeout_s`.
+
+        A client that stops reading (its socket buffers full) would otherwise hold its request's
+        admission slot until HAProxy's client timeout, an hour. Run every
+        STALLED_CLIENT_CHECK_S: a stream is cut between the timeout and one round after it.
+        """
+        now = time.monotonic()
+        for relay in list(self._relays):
+            if not relay.in_send:  # reading from the engine: nothing to judge
+                relay.seen = -1
+            elif relay.sent != relay.seen:  # a send seen for the first time: its clock starts
+                relay.seen, relay.stuck_since = relay.sent, now
+            elif now - relay.stuck_since >= self._settings.client_send_timeout_s:
+                relay.deadline.reschedule(asyncio.get_running_loop().time())
 
     async def probe_once(self) -> None:
         """Probe every known replica: eject the silent or dead, readmit the recovered."""
@@ -461,7 +503,8 @@ class Dispatcher:
                     "headers": self._start_headers(ctx, resp.headers.get("Content-Type", "application/json"))
                     + [(b"content-length", str(len(body)).encode())]})
         ctx.first_byte_at = time.perf_counter()
-        await send({"type": "http.response.body", "body": body})
+        # recorded and billed already; a client that leaves the answer unread frees the slot
+        await self._sent_in_time(send, {"type": "http.response.body", "body": body})
 
     def _start_headers(self, ctx: RequestContext, content_type: str) -> list[tuple[bytes, bytes]]:
         return [(b"content-type", content_type.encode()), (b"x-govllm-model", ctx.model.id.encode()),
@@ -484,10 +527,12 @@ class Dispatcher:
         ctx.status = 200
         idle = (ep.vendor.settings.stream_idle_timeout_s if ep.vendor is not None
                 else self._settings.stream_idle_timeout_s)
-        pending, done, failure, cuts = first, b"", None, ep.cuts
+        pending, done, failure, cuts, relay = first, b"", None, ep.cuts, None
         try:
             async with asyncio.timeout(None) as deadline:
                 ep.waiting.add(deadline)
+                relay = _Relay(deadline)
+                self._relays.add(relay)
                 while True:
                     cut = pending.rfind(_EVENT_END)
                     if cut >= 0:
@@ -500,7 +545,10 @@ class Dispatcher:
                         if ctx.output_filter is not None:  # personal information in the answer
                             out = ctx.output_filter.filter_block(out)
                         if out:
+                            relay.in_send = True
                             await send({"type": "http.response.body", "body": out, "more_body": True})
+                            relay.in_send = False
+                            relay.sent += 1
                             ctx.response_chunks.append(out)
                             if ctx.first_byte_at is None:
                                 ctx.first_byte_at = time.perf_counter()
@@ -515,6 +563,8 @@ class Dispatcher:
                     ep.last_data_at = time.monotonic()  # evidence the replica is alive (probe_once)
                     pending += data
         except TimeoutError:
+            if ep.cuts == cuts and relay.in_send:  # the watchdog: the client took nothing
+                raise ClientTooSlow() from None
             if ep.cuts != cuts and ep.failed:
                 failure = APIError(502, f"The model failed while generating this answer ({ep.reason}); "
                                    "the answer is incomplete.", code="engine_failed")
@@ -531,6 +581,7 @@ class Dispatcher:
             self._table.eject(ep, "stream broken", failed=True)
         finally:
             ep.waiting.discard(deadline)
+            self._relays.discard(relay)
             ctx.usage = meter.delivered()
             ctx.usage_estimated = meter.estimated
         if failure is None and meter.error is not None:
@@ -543,11 +594,23 @@ class Dispatcher:
             ctx.status, ctx.error_code = failure.status, failure.code
             if meter.error is None:  # the engine said nothing: tell the client in its stream
                 event = b"data: " + json.dumps(failure.body(), ensure_ascii=False).encode() + _EVENT_END
-                await send({"type": "http.response.body", "body": event, "more_body": True})
+                if not await self._sent_in_time(send, {"type": "http.response.body", "body": event,
+                                                       "more_body": True}):
+                    raise ClientTooSlow()
                 ctx.response_chunks.append(event)
         await self._before_end(ctx)
         last = b"" if isinstance(meter, ResponsesMeter) else _DONE  # Responses streams have no [DONE]
-        await send({"type": "http.response.body", "body": done or last, "more_body": False})
+        # recorded and billed as delivered already; a client that leaves the end unread frees the slot
+        await self._sent_in_time(send, {"type": "http.response.body", "body": done or last, "more_body": False})
+
+    async def _sent_in_time(self, send: Send, message: dict[str, Any]) -> bool:
+        """Send, unless the client takes nothing for `client_send_timeout_s` (then False)."""
+        try:
+            async with asyncio.timeout(self._settings.client_send_timeout_s):
+                await send(message)
+            return True
+        except TimeoutError:
+            return False
 
     async def _upstream_error(self, ctx: RequestContext, ep: Endpoint, status: int, raw: bytes) -> APIError:
         """Turn a replica's error into ours: same status and message, OpenAI vocabulary."""

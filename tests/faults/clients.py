@@ -212,6 +212,17 @@ def store(stack) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=stack.store_port, socket_timeout=5)
 
 
+def router_ports(stack) -> list[int]:
+    """The router replicas' own ports, as HAProxy balances over them (from its configuration)."""
+    import re
+
+    from govllm.runtime_env import haproxy_dir
+
+    configs = list(haproxy_dir(stack.state_dir / "run").glob("*/haproxy.cfg"))
+    assert configs, "no HAProxy config"
+    return [int(p) for p in re.findall(r"server SERVE_REPLICA_\S+ 127\.0\.0\.1:(\d+)", configs[0].read_text())]
+
+
 def routers_up(stack) -> int:
     """Router replicas HAProxy has in rotation now (its stats page, CSV, on 127.0.0.1)."""
     import csv

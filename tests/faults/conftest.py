@@ -120,7 +120,8 @@ def fault_stack(tmp_path_factory, archive, vendor_server):
         port=free_port(), min_replicas=2, max_replicas=2,
         request_header_timeout_s=5, request_body_timeout_s=2,
         upstream_first_byte_timeout_s=4, stream_idle_timeout_s=3,
-        max_queue_wait_s=2, replica_probe_interval_s=0.5, replica_eject_s=2, engine_stall_s=5,
+        max_queue_wait_s=6, replica_probe_interval_s=0.5, replica_eject_s=2, engine_stall_s=5,
+        client_send_timeout_s=8,
         # no slot kept for quiet tenants: the admission tests count slots exactly (2 per router);
         # the headroom itself is tested in tests/unit/test_admission.py and measured by
         # loadtest/bench_fairness.py

@@ -5,44 +5,46 @@ while the others queue and are served.
 One router replica is addressed directly (its port from HAProxy's config), so every request
 of the test meets the same admission gate: 2 slots and 1 queued request per priority class
 on this model (max_ongoing_requests 4 and max_queued_requests 2, shared by 2 routers). The
-flood's streams hold both slots until the test closes one; the order in which the waiting
-requests then get their first token is the assertion, not any time.
+flood's streams hold both slots until the test closes one; the order in which the router then
+serves the waiting requests (their first bytes, from the audit records) is the assertion, not
+any time.
+
+The flood holds its slots by bytes, not by speed: each of its streams asks for 16 long
+choices (megabytes of events) and stops reading after its first token, so the router's send
+to it blocks once the socket buffers are full, and the slot stays held until the test closes
+the stream or `client_send_timeout_s` passes (8 s in the fault stack), however fast the host
+generates.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
+import uuid
 
 import httpx
 import openai
 import pytest
 
-from govllm.runtime_env import haproxy_dir
-from tests.faults.clients import wait_until
+from tests.faults.clients import router_ports, wait_until
 from tests.faults.conftest import FLOODED
+from tests.faults.invariants import records_for
 
 pytestmark = pytest.mark.faults
 
-HOLD_TOKENS = 1900  # the flood's streams outlast the test unless it closes them (max_model_len 2048)
+HOLD_TOKENS = 1900  # x HOLD_CHOICES: far more than the socket buffers between router and client
+HOLD_CHOICES = 16  # the most the router accepts
 SHORT_TOKENS = 4
-
-
-def _router_ports(stack) -> list[int]:
-    """The router replicas' own ports, as HAProxy balances over them."""
-    configs = list(haproxy_dir(stack.state_dir / "run").glob("*/haproxy.cfg"))
-    assert configs, "no HAProxy config"
-    return [int(p) for p in re.findall(r"server SERVE_REPLICA_\S+ 127\.0\.0\.1:(\d+)", configs[0].read_text())]
 
 
 class Request(threading.Thread):
     """One streamed chat request through the openai client; records status, class and first token."""
 
     def __init__(self, port: int, key: str, tokens: int, priority: str | None = None,
-                 read_pause_s: float = 0.0):
+                 hold: bool = False, cid: str | None = None):
         super().__init__(daemon=True)
-        self.read_pause_s = read_pause_s
+        self.cid = cid
+        self.hold = hold  # stop reading after the first token, until closed
         self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key,
                                     max_retries=0, timeout=60)
         self.tokens, self.priority = tokens, priority
@@ -56,11 +58,13 @@ class Request(threading.Thread):
 
     def run(self) -> None:
         headers = {"x-govllm-priority": self.priority} if self.priority else {}
+        if self.cid:
+            headers["x-request-id"] = self.cid
         try:
             raw = self.client.chat.completions.with_raw_response.create(
                 model=FLOODED, messages=[{"role": "user", "content": "公平 順番"}], stream=True,
                 max_tokens=self.tokens, extra_body={"min_tokens": self.tokens, "ignore_eos": True},
-                extra_headers=headers)
+                n=HOLD_CHOICES if self.hold else 1, extra_headers=headers)
         except openai.APIStatusError as exc:
             self.status, self.code = exc.status_code, (exc.body or {}).get("code")
             self.retry_after = exc.response.headers.get("retry-after")
@@ -71,16 +75,17 @@ class Request(threading.Thread):
             for _ in self.stream:
                 if self.first_token_at is None:
                     self.first_token_at = time.monotonic()
+                if self.hold:
+                    self.closed.wait(120)  # read nothing more: the router's send to us blocks
                 if self.closed.is_set():
                     break
-                time.sleep(self.read_pause_s)
         except openai.APIError:
             pass
         finally:
             self.stream.close()
 
     def close(self) -> None:
-        """Disconnect (the router releases the slot when the next chunk fails to send)."""
+        """Disconnect (the router's blocked send fails, and it releases the slot)."""
         self.closed.set()
 
 
@@ -94,22 +99,15 @@ def _sees_two_slots(port: int) -> bool:
     return ready.get("routers") == 2 and ready["models"][FLOODED]["ready_replicas"] == 1
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "its premise is timing: the flood's two streams must still hold both slots when the next six "
-    "requests arrive; on a quiet host the tiny model writes its 1900 tokens faster than that "
-    "(it passed on a loaded one), and a slow reader does not hold the slot (the socket buffers "
-    "take the whole answer). The discipline is tested exactly in tests/unit/test_fair_queue.py "
-    "and test_admission.py; a way to hold a slot that does not depend on speed is open."))
 def test_the_most_important_class_goes_first_and_a_flood_is_refused(fault_stack):
-    port = _router_ports(fault_stack)[0]
+    port = router_ports(fault_stack)[0]
     wait_until(lambda: _sees_two_slots(port), timeout_s=60, interval_s=0.5,
                what="the router counting 2 routers and 1 replica (2 slots)")
     flood_key, _ = fault_stack.new_key("fault-flood", "fair-flood")  # municipality: class api
     quiet_key, _ = fault_stack.new_key("fault-quiet", "fair-quiet")  # municipality: class api
     staff_key, _ = fault_stack.new_key("fault-agency", "fair-staff")  # agency: class interactive
 
-    # the holders read slowly (it does not hold the slot once the socket buffers take the answer)
-    holders = [Request(port, flood_key, HOLD_TOKENS, read_pause_s=0.02) for _ in range(2)]
+    holders = [Request(port, flood_key, HOLD_TOKENS, hold=True) for _ in range(2)]
     for r in holders:
         r.start()
     wait_until(lambda: all(r.first_token_at for r in holders), timeout_s=60, interval_s=0.05,
@@ -125,9 +123,12 @@ def test_the_most_important_class_goes_first_and_a_flood_is_refused(fault_stack)
         assert all(r.retry_after and r.retry_after.isdigit() for r in refused)
 
         # arrivals, least important first: FIFO would serve them in this order
-        batch = Request(port, staff_key, SHORT_TOKENS, priority="batch")  # lowered by the header
-        raised = Request(port, quiet_key, SHORT_TOKENS, priority="interactive")  # capped at api
-        staff = Request(port, staff_key, SHORT_TOKENS)  # interactive
+        run = uuid.uuid4().hex[:8]
+        batch = Request(port, staff_key, SHORT_TOKENS, priority="batch",  # lowered by the header
+                        cid=f"fair-batch-{run}")
+        raised = Request(port, quiet_key, SHORT_TOKENS, priority="interactive",  # capped at api
+                         cid=f"fair-raised-{run}")
+        staff = Request(port, staff_key, SHORT_TOKENS, cid=f"fair-staff-{run}")  # interactive
         for r in (batch, raised, staff):
             r.start()
             time.sleep(0.2)  # each one queued before the next arrives
@@ -142,7 +143,18 @@ def test_the_most_important_class_goes_first_and_a_flood_is_refused(fault_stack)
             r.join(30)
     assert [(r.status, r.served_class) for r in (staff, raised, batch)] == [
         (200, "interactive"), (200, "api"), (200, "batch")]
-    assert staff.first_token_at < raised.first_token_at < batch.first_token_at
+    # the order the router served them in: when each one's first byte left the router, from its
+    # audit record (arrival time + first-byte delay). Not the clients' own clocks: three client
+    # threads beside a busy engine on 2 cores saw a first token 100 ms after the router sent it.
+    records = {**records_for(fault_stack, "fault-agency", {staff.cid, batch.cid}),
+               **records_for(fault_stack, "fault-quiet", {raised.cid})}
+
+    def first_byte(r: Request) -> float:
+        (record,) = records[r.cid]
+        return record["time"] + record["timings_ms"]["first_byte"] / 1000
+
+    assert first_byte(staff) < first_byte(raised) < first_byte(batch), {
+        r.cid: first_byte(r) for r in (staff, raised, batch)}
 
 
 def test_an_unknown_priority_class_is_a_clear_400(fault_stack):

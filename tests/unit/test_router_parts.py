@@ -13,7 +13,7 @@ from serving.autoscaling import ONGOING_METRIC, data_plane_policy, desired_repli
 from serving.config import ModelRoute, RouterSettings, ServingConfig
 from serving.request import APIError, RequestContext
 from serving.router.admission import Admission
-from serving.router.asgi import read_body
+from serving.router.asgi import ClientTooSlow, read_body
 from serving.router.dispatch import Dispatcher
 from serving.router.endpoints import EndpointTable
 from serving.router.pipeline import ParseRequest, ResolveModel
@@ -265,3 +265,82 @@ def test_a_probe_timeout_does_not_eject_a_replica_whose_streams_are_flowing():
     assert run(go("TimeoutError", 30.0)) is True
     assert run(go("HTTP 503", 0.1)) is True
     assert run(go("ClientConnectorError", 0.1)) is True
+
+
+def _event(i: int) -> bytes:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "model": "a",
+             "choices": [{"index": 0, "delta": {"content": f"t{i}"}, "finish_reason": None}],
+             "usage": {"prompt_tokens": 3, "completion_tokens": i + 1, "total_tokens": i + 4}}
+    return b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+
+
+class _Upstream:
+    """An engine's stream: `events` then the end, or silence where `events` runs out early."""
+
+    def __init__(self, events: list[bytes], end: bool = True):
+        self._events, self._end = list(events), end
+        self.content = self
+
+    async def readany(self) -> bytes:
+        if self._events:
+            return self._events.pop(0)
+        if self._end:
+            return b"data: [DONE]\n\n"
+        await asyncio.sleep(3600)
+
+
+def _relay(upstream: _Upstream, takes: int, send_s: float = 0.2, idle_s: float = 5.0):
+    """Relay `upstream` to a client that takes `takes` body messages and then no more."""
+    async def go():
+        table = EndpointTable()
+        settings = RouterSettings(client_send_timeout_s=send_s, stream_idle_timeout_s=idle_s)
+        d = Dispatcher(table, settings, Admission(CONFIG.models, settings, table), data_plane_token="t")
+        table.update({"a": [{"replica_id": "r0", "url": "http://h:0"}]})
+        ep = table.by_model["a"][0]
+        c = ctx()
+        c.payload, c.stream, c.model = {"model": "a", "stream": True}, True, CONFIG.models[0]
+        bodies = []
+
+        async def send(message):
+            if message["type"] == "http.response.body":
+                if len(bodies) == takes:
+                    await asyncio.sleep(3600)  # the client's window is full: it stopped reading
+                bodies.append(message["body"])
+
+        async def watchdog():  # as the router deployment runs it, faster
+            while True:
+                await asyncio.sleep(0.05)
+                await d.cut_stalled_clients()
+
+        watching = asyncio.create_task(watchdog())
+        started = time.monotonic()
+        try:
+            await d._relay_stream(c, ep, upstream, _event(0), send)
+            outcome = None
+        except ClientTooSlow as exc:
+            outcome = exc
+        finally:
+            watching.cancel()
+        return outcome, time.monotonic() - started, ep.ejected, c.usage, bodies, d._relays
+    return run(go())
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_send_timeout_and_billed_what_it_was_sent():
+    outcome, waited, ejected, usage, bodies, relays = _relay(_Upstream([_event(1), _event(2), _event(3)]),
+                                                             takes=2)
+    assert isinstance(outcome, ClientTooSlow) and 0.2 <= waited < 3
+    assert not ejected  # the client's fault, not the replica's
+    assert usage["completion_tokens"] == 2 and len(bodies) == 2  # what reached the client's socket
+    assert relays == set()
+
+
+def test_a_client_that_reads_gets_the_whole_stream_and_a_silent_engine_is_still_the_engines_fault():
+    outcome, _, ejected, usage, bodies, _ = _relay(_Upstream([_event(1), _event(2)]), takes=100)
+    assert outcome is None and not ejected and usage["completion_tokens"] == 3
+    assert bodies[-1] == b"data: [DONE]\n\n"
+    # the engine goes silent longer than the client timeout: the idle deadline (the engine's,
+    # not the client's) ends it, and ejects the replica
+    outcome, waited, ejected, _, bodies, _ = _relay(_Upstream([_event(1)], end=False), takes=100,
+                                                    send_s=0.1, idle_s=0.5)
+    assert outcome is None and ejected and 0.5 <= waited < 3
+    assert b"upstream_timeout" in bodies[-2]

@@ -24,10 +24,11 @@ OTHER = "other"
 NO_ERROR = ""
 
 #: Every error code govllm answers with (docs/api.md), and the few it records without
-#: answering (client_disconnected). tests/unit/test_metrics_labels.py checks that every code
-#: literal in serving/ is here, so a new code cannot silently collapse into OTHER.
+#: answering (client_disconnected, client_read_timeout). tests/unit/test_metrics_labels.py
+#: checks that every code literal in serving/ is here, so a new code cannot silently collapse
+#: into OTHER.
 ERROR_CODES = frozenset({
-    "audit_unavailable", "client_disconnected", "confidentiality_not_permitted",
+    "audit_unavailable", "client_disconnected", "client_read_timeout", "confidentiality_not_permitted",
     "context_length_exceeded", "data_plane_credential_required", "duplicate_header",
     "duplicate_key", "engine_failed", "engine_stalled", "feedback_already_given",
     "feedback_store_unavailable", "internal_error", "invalid_api_key", "invalid_confidentiality",
