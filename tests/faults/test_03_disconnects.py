@@ -54,6 +54,12 @@ def test_random_disconnects_lose_nothing_and_bill_what_was_delivered(fault_stack
     kinds = Counter(how for _, how, _, _ in results)
     assert all(kinds[k] >= 10 for k in ("before_headers", "mid_stream", "before_done", "complete")), kinds
 
+    # a client that HAProxy answered itself never reached a router, so it has no record
+    # (docs/reliability.md, "What is not promised"): once in a fresh-clone run, a client thread
+    # on the loaded host sent its headers after request_header_timeout_s and got HAProxy's 408
+    unrouted = {cid for cid, _, _, got in results if got.status == 408 and not got.request_id}
+    assert len(unrouted) <= 2, unrouted
+    results = [r for r in results if r[0] not in unrouted]
     try:
         records = records_for(fault_stack, TENANT, {cid for cid, *_ in results}, timeout_s=180)
     except AssertionError:
